@@ -1,0 +1,853 @@
+//! Booking: no two active bookings of one resource ever overlap, at any
+//! isolation level and under any concurrency; conflicts come back as data.
+//!
+//! How the guarantee is made:
+//! 1. Every writer serialises on a transaction-scoped advisory lock keyed
+//!    `integrity.lock_key('booking', org_id::text, resource_id::text)`, so
+//!    overlapping requests with different start times still queue, and under
+//!    READ COMMITTED each statement after the lock sees every committed booking.
+//! 2. The insert is `INSERT … ON CONFLICT DO NOTHING` against the exclusion
+//!    constraint `bookings_no_overlap`: one GiST probe both checks the slot and
+//!    claims it. No row back means the slot is taken, answered as
+//!    `{"ok":false,"reason":"slot_taken","conflicts":[…]}`, never as 23P01.
+//! 3. Under REPEATABLE READ / SERIALIZABLE the snapshot predates the lock, so
+//!    an overlapping booking committed meanwhile is invisible; Postgres then
+//!    raises 40001 from the ON CONFLICT check, and the client retries. An
+//!    overlap is never written.
+
+use crate::errors::{raise, required, Kind, OrBug};
+use crate::gucs;
+use crate::jsonb::JsonbText;
+use crate::keys::lock_key_of;
+use crate::plans::{plan, Stmt};
+use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::{direct_function_call, direct_function_call_as_datum};
+use pgrx::spi::SpiClient;
+use std::ffi::CStr;
+
+pgrx::extension_sql_file!(
+    "../sql/booking.sql",
+    name = "booking_tables",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/booking_api.sql",
+    name = "booking_api",
+    requires = ["booking_tables", book, cancel, reschedule, slot_available, free_slots]
+);
+
+const UUID: Oid = pg_sys::UUIDOID;
+const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
+const INTERVAL: Oid = pg_sys::INTERVALOID;
+const JSONB: Oid = pg_sys::JSONBOID;
+const TEXT: Oid = pg_sys::TEXTOID;
+
+/// Claims the slot, or returns no row when an active booking overlaps it.
+static INSERT_BOOKING: Stmt = Stmt {
+    sql: "INSERT INTO integrity.bookings AS b
+              (org_id, resource_id, contact_id, during, metadata)
+          VALUES ($1, $2, $5, pg_catalog.tstzrange($3, $3 + $4, '[)'), $6)
+          ON CONFLICT DO NOTHING
+          RETURNING pg_catalog.jsonb_build_object(
+              'ok', true, 'booking_id', b.id,
+              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))",
+    args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
+    writes: true,
+};
+
+/// The `slot_taken` answer: active bookings overlapping the range, except
+/// `$5`; no row when nothing overlaps.
+static CONFLICTS: Stmt = Stmt {
+    sql: "SELECT pg_catalog.jsonb_build_object(
+              'ok', false, 'reason', 'slot_taken',
+              'conflicts', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                  'booking_id', b.id,
+                  'starts_at', pg_catalog.lower(b.during),
+                  'ends_at', pg_catalog.upper(b.during)) ORDER BY pg_catalog.lower(b.during)), '[]'))
+          FROM integrity.bookings b
+          WHERE b.org_id = $1 AND b.resource_id = $2 AND b.status = 'booked'
+            AND b.during OPERATOR(pg_catalog.&&) pg_catalog.tstzrange($3, $3 + $4, '[)')
+            AND b.id IS DISTINCT FROM $5
+          HAVING pg_catalog.count(*) > 0",
+    args: &[UUID, UUID, TSTZ, INTERVAL, UUID],
+    writes: false,
+};
+
+static SLOT_FREE: Stmt = Stmt {
+    sql: "SELECT NOT EXISTS (
+              SELECT 1 FROM integrity.bookings b
+              WHERE b.org_id = $1 AND b.resource_id = $2 AND b.status = 'booked'
+                AND b.during OPERATOR(pg_catalog.&&) pg_catalog.tstzrange($3, $3 + $4, '[)'))",
+    args: &[UUID, UUID, TSTZ, INTERVAL],
+    writes: false,
+};
+
+/// Locks the booking row; its status and what a reschedule needs.
+static LOCK_BOOKING: Stmt = Stmt {
+    sql: "SELECT b.status, b.org_id, b.resource_id,
+                 pg_catalog.upper(b.during) - pg_catalog.lower(b.during) AS duration,
+                 b.updated_at
+          FROM integrity.bookings b WHERE b.id = $1 FOR UPDATE",
+    args: &[UUID],
+    writes: true,
+};
+
+/// Where a booking is, without locking it (to take the resource lock first).
+static FIND_BOOKING: Stmt = Stmt {
+    sql: "SELECT b.org_id, b.resource_id FROM integrity.bookings b WHERE b.id = $1",
+    args: &[UUID],
+    writes: false,
+};
+
+static CANCEL_BOOKING: Stmt = Stmt {
+    sql: "WITH c AS (
+              UPDATE integrity.bookings b
+              SET status = 'cancelled', cancelled_at = pg_catalog.now(),
+                  cancel_reason = $2, updated_at = pg_catalog.now()
+              WHERE b.id = $1 AND b.status = 'booked'
+              RETURNING b.*),
+          e AS (
+              INSERT INTO integrity.booking_events (booking_id, org_id, event, during, details)
+              SELECT c.id, c.org_id, 'cancelled', c.during, pg_catalog.jsonb_build_object('reason', $2)
+              FROM c)
+          SELECT pg_catalog.jsonb_build_object(
+              'ok', true, 'booking_id', c.id, 'status', c.status,
+              'starts_at', pg_catalog.lower(c.during), 'ends_at', pg_catalog.upper(c.during),
+              'cancelled_at', c.cancelled_at)
+          FROM c",
+    args: &[UUID, TEXT],
+    writes: true,
+};
+
+/// Step 1 of a reschedule: the old booking stops holding its slot.
+static RELEASE_FOR_RESCHEDULE: Stmt = Stmt {
+    sql: "UPDATE integrity.bookings
+          SET status = 'cancelled', cancelled_at = pg_catalog.now(),
+              cancel_reason = 'rescheduled', updated_at = pg_catalog.now()
+          WHERE id = $1",
+    args: &[UUID],
+    writes: true,
+};
+
+/// Step 2: the new booking, copying who and what from the old one, and the
+/// audit event on the old booking, in one statement.
+static INSERT_RESCHEDULED: Stmt = Stmt {
+    sql: "WITH n AS (
+              INSERT INTO integrity.bookings AS b
+                  (org_id, resource_id, contact_id, during, metadata, rescheduled_from)
+              SELECT o.org_id, o.resource_id, o.contact_id,
+                     pg_catalog.tstzrange($2, $2 + $3, '[)'), o.metadata, o.id
+              FROM integrity.bookings o WHERE o.id = $1
+              ON CONFLICT DO NOTHING
+              RETURNING b.*),
+          e AS (
+              INSERT INTO integrity.booking_events (booking_id, org_id, event, during, details)
+              SELECT o.id, o.org_id, 'rescheduled', o.during,
+                     pg_catalog.jsonb_build_object('new_booking_id', n.id,
+                         'starts_at', pg_catalog.lower(n.during), 'ends_at', pg_catalog.upper(n.during))
+              FROM n JOIN integrity.bookings o ON o.id = n.rescheduled_from)
+          SELECT pg_catalog.jsonb_build_object(
+              'ok', true, 'booking_id', n.id, 'previous_booking_id', n.rescheduled_from,
+              'starts_at', pg_catalog.lower(n.during), 'ends_at', pg_catalog.upper(n.during))
+          FROM n",
+    args: &[UUID, TSTZ, INTERVAL],
+    writes: true,
+};
+
+/// Undo of step 1 when step 2 finds the slot taken by a writer that did not
+/// take our lock: the old booking is put back exactly as it was.
+static RESTORE_BOOKING: Stmt = Stmt {
+    sql: "UPDATE integrity.bookings
+          SET status = 'booked', cancelled_at = NULL, cancel_reason = NULL, updated_at = $2
+          WHERE id = $1",
+    args: &[UUID, TSTZ],
+    writes: true,
+};
+
+static FREE_SLOTS: Stmt = Stmt {
+    sql: "SELECT pg_catalog.tstzrange(s, s + $4, '[)')
+          FROM pg_catalog.generate_series($3, $5, $4) AS s
+          WHERE s + $4 <= $5
+            AND NOT EXISTS (
+              SELECT 1 FROM integrity.bookings b
+              WHERE b.org_id = $1 AND b.resource_id = $2 AND b.status = 'booked'
+                AND b.during OPERATOR(pg_catalog.&&) pg_catalog.tstzrange(s, s + $4, '[)'))
+          ORDER BY s",
+    args: &[UUID, UUID, TSTZ, INTERVAL, TSTZ],
+    writes: false,
+};
+
+// ---------------------------------------------------------------------------
+// Argument checks
+
+fn interval_text(i: Interval) -> String {
+    // SAFETY: interval_out takes an interval datum and returns a palloc'd C string.
+    unsafe { direct_function_call::<&CStr>(pg_sys::interval_out, &[i.into_datum()]) }
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A positive duration no longer than `integrity.max_booking_duration`.
+fn check_duration(f: &'static str, arg: &'static str, d: Interval) -> Interval {
+    let us = d.as_micros();
+    if us <= 0 {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("{arg} must be positive, got {}", interval_text(d)),
+            format!("Pass a positive interval such as '30 minutes' for {arg}."),
+        );
+    }
+    if us > gucs::max_booking_duration_us() {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "{arg} must be at most integrity.max_booking_duration ({} s), got {}",
+                gucs::max_booking_duration_us() / 1_000_000,
+                interval_text(d)
+            ),
+            "Book a shorter span, or raise integrity.max_booking_duration (SET integrity.max_booking_duration = '48h').",
+        );
+    }
+    d
+}
+
+fn check_finite(f: &'static str, arg: &'static str, t: TimestampWithTimeZone) -> TimestampWithTimeZone {
+    if t.is_infinity() || t.is_neg_infinity() {
+        raise(
+            Kind::DatetimeOutOfRange,
+            f,
+            format!("{arg} must be a finite timestamp, got {}", if t.is_infinity() { "infinity" } else { "-infinity" }),
+            format!("Pass a real point in time for {arg}."),
+        );
+    }
+    t
+}
+
+fn check_metadata(f: &'static str, m: Option<JsonbText>) -> JsonbText {
+    let m = match m {
+        Some(m) => m,
+        None => raise(
+            Kind::NullValue,
+            f,
+            "metadata must not be NULL",
+            "Omit metadata or pass '{}' for none.",
+        ),
+    };
+    if !m.0.starts_with('{') {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("metadata must be a JSON object, got {}", truncate(&m.0, 60)),
+            "Pass an object such as '{\"source\": \"web\"}'.",
+        );
+    }
+    m
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Locking
+
+/// The advisory-lock key every writer of one resource's bookings takes.
+pub fn resource_lock_key(org_id: Uuid, resource_id: Uuid) -> i64 {
+    let org = org_id.to_string();
+    let res = resource_id.to_string();
+    lock_key_of([&b"booking"[..], org.as_bytes(), res.as_bytes()])
+}
+
+/// Take the resource's transaction-scoped lock; `false` when `wait` is off
+/// and another transaction holds it.
+fn lock_resource(org_id: Uuid, resource_id: Uuid, wait: bool) -> bool {
+    let key = resource_lock_key(org_id, resource_id).into_datum();
+    // SAFETY: both are builtin fmgr functions taking one int8.
+    unsafe {
+        if wait {
+            direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int8, &[key]);
+            true
+        } else {
+            direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key]).unwrap_or(false)
+        }
+    }
+}
+
+fn busy() -> JsonbText {
+    JsonbText(r#"{"ok": false, "reason": "busy"}"#.to_string())
+}
+
+fn outcome(r: &str) -> JsonbText {
+    JsonbText(format!(r#"{{"ok": false, "reason": "{r}"}}"#))
+}
+
+/// Run a kept statement and return the jsonb in the first column of its first row.
+fn one_json(client: &mut SpiClient<'_>, stmt: &'static Stmt, args: &[DatumWithOid<'_>]) -> Option<JsonbText> {
+    let p = plan(client, stmt);
+    let table = client.update(&*p, Some(1), args).or_bug(stmt.sql);
+    if table.is_empty() {
+        return None;
+    }
+    table.first().get_one::<JsonbText>().or_bug(stmt.sql)
+}
+
+fn conflicts(
+    client: &mut SpiClient<'_>,
+    org_id: Uuid,
+    resource_id: Uuid,
+    starts_at: TimestampWithTimeZone,
+    duration: Interval,
+    except: Option<Uuid>,
+) -> Option<JsonbText> {
+    one_json(
+        client,
+        &CONFLICTS,
+        &[org_id.into(), resource_id.into(), starts_at.into(), duration.into(), except.into()],
+    )
+}
+
+/// `slot_taken` when the exclusion constraint refused a row our own query
+/// cannot see the conflict for (it was removed again meanwhile).
+fn taken_without_details() -> JsonbText {
+    JsonbText(r#"{"ok": false, "reason": "slot_taken", "conflicts": []}"#.into())
+}
+
+// ---------------------------------------------------------------------------
+// SQL functions
+
+/// Book `resource_id` from `starts_at` for `duration`, or say why not.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn book(
+    org_id: Option<Uuid>,
+    resource_id: Option<Uuid>,
+    starts_at: Option<TimestampWithTimeZone>,
+    duration: Option<Interval>,
+    contact_id: default!(Option<Uuid>, "NULL"),
+    metadata: default!(Option<JsonbText>, "'{}'"),
+    wait: default!(Option<bool>, true),
+) -> JsonbText {
+    const F: &str = "integrity.book";
+    let org_id = required(org_id, F, "org_id");
+    let resource_id = required(resource_id, F, "resource_id");
+    let starts_at = check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
+    let duration = check_duration(F, "duration", required(duration, F, "duration"));
+    let metadata = check_metadata(F, metadata);
+    let wait = required(wait, F, "wait");
+
+    if !lock_resource(org_id, resource_id, wait) {
+        return busy();
+    }
+    Spi::connect_mut(|client| {
+        let inserted = one_json(
+            client,
+            &INSERT_BOOKING,
+            &[
+                org_id.into(),
+                resource_id.into(),
+                starts_at.into(),
+                duration.into(),
+                contact_id.into(),
+                metadata.into(),
+            ],
+        );
+        match inserted {
+            Some(ok) => ok,
+            None => conflicts(client, org_id, resource_id, starts_at, duration, None)
+                .unwrap_or_else(taken_without_details),
+        }
+    })
+}
+
+/// Cancel a booking (soft delete): it stops holding its slot.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn cancel(booking_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> JsonbText {
+    const F: &str = "integrity.cancel";
+    let booking_id = required(booking_id, F, "booking_id");
+    Spi::connect_mut(|client| {
+        let p = plan(client, &LOCK_BOOKING);
+        let row = client.update(&*p, Some(1), &[booking_id.into()]).or_bug(LOCK_BOOKING.sql);
+        if row.is_empty() {
+            return outcome("not_found");
+        }
+        let status = row.first().get_one::<String>().or_bug(LOCK_BOOKING.sql);
+        if status.as_deref() != Some("booked") {
+            return outcome("already_cancelled");
+        }
+        one_json(client, &CANCEL_BOOKING, &[booking_id.into(), reason.into()])
+            .unwrap_or_else(|| outcome("already_cancelled"))
+    })
+}
+
+/// Move a booking to a new time in one atomic step: a new booking is made and
+/// the old one cancelled; on conflict the old booking stays as it was.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reschedule(
+    booking_id: Option<Uuid>,
+    new_starts_at: Option<TimestampWithTimeZone>,
+    new_duration: default!(Option<Interval>, "NULL"),
+    wait: default!(Option<bool>, true),
+) -> JsonbText {
+    const F: &str = "integrity.reschedule";
+    let booking_id = required(booking_id, F, "booking_id");
+    let new_starts_at = check_finite(F, "new_starts_at", required(new_starts_at, F, "new_starts_at"));
+    let new_duration = new_duration.map(|d| check_duration(F, "new_duration", d));
+    let wait = required(wait, F, "wait");
+
+    Spi::connect_mut(|client| {
+        // Resource lock before row lock, the same order `book` + `cancel` in
+        // one transaction take them, so the two cannot deadlock each other.
+        let p = plan(client, &FIND_BOOKING);
+        let found = client.select(&*p, Some(1), &[booking_id.into()]).or_bug(FIND_BOOKING.sql);
+        if found.is_empty() {
+            return outcome("not_found");
+        }
+        let (org, res) = found.first().get_two::<Uuid, Uuid>().or_bug(FIND_BOOKING.sql);
+        let (Some(org_id), Some(resource_id)) = (org, res) else {
+            return outcome("not_found");
+        };
+        if !lock_resource(org_id, resource_id, wait) {
+            return busy();
+        }
+
+        let p = plan(client, &LOCK_BOOKING);
+        let row = client.update(&*p, Some(1), &[booking_id.into()]).or_bug(LOCK_BOOKING.sql);
+        if row.is_empty() {
+            return outcome("not_found");
+        }
+        let row = row.first();
+        let status = row.get::<String>(1).or_bug(LOCK_BOOKING.sql);
+        if status.as_deref() != Some("booked") {
+            return outcome("already_cancelled");
+        }
+        let old_duration = row.get::<Interval>(4).or_bug(LOCK_BOOKING.sql);
+        let old_updated_at = row.get::<TimestampWithTimeZone>(5).or_bug(LOCK_BOOKING.sql);
+        let Some(duration) = new_duration.or(old_duration) else {
+            return outcome("not_found");
+        };
+
+        // Under our lock this sees every booking made through integrity.*
+        // (READ COMMITTED); the ON CONFLICT below covers everything else.
+        if let Some(taken) = conflicts(client, org_id, resource_id, new_starts_at, duration, Some(booking_id)) {
+            return taken;
+        }
+
+        let p = plan(client, &RELEASE_FOR_RESCHEDULE);
+        client.update(&*p, None, &[booking_id.into()]).or_bug(RELEASE_FOR_RESCHEDULE.sql);
+        let inserted = one_json(
+            client,
+            &INSERT_RESCHEDULED,
+            &[booking_id.into(), new_starts_at.into(), duration.into()],
+        );
+        match inserted {
+            Some(ok) => ok,
+            None => {
+                let p = plan(client, &RESTORE_BOOKING);
+                client
+                    .update(&*p, None, &[booking_id.into(), old_updated_at.into()])
+                    .or_bug(RESTORE_BOOKING.sql);
+                conflicts(client, org_id, resource_id, new_starts_at, duration, Some(booking_id))
+                    .unwrap_or_else(taken_without_details)
+            }
+        }
+    })
+}
+
+/// Is the span free of active bookings? (A hint for UIs: only `book` claims.)
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn slot_available(
+    org_id: Option<Uuid>,
+    resource_id: Option<Uuid>,
+    starts_at: Option<TimestampWithTimeZone>,
+    duration: Option<Interval>,
+) -> bool {
+    const F: &str = "integrity.slot_available";
+    let org_id = required(org_id, F, "org_id");
+    let resource_id = required(resource_id, F, "resource_id");
+    let starts_at = check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
+    let duration = check_duration(F, "duration", required(duration, F, "duration"));
+    Spi::connect(|client| {
+        let p = plan(client, &SLOT_FREE);
+        client
+            .select(&*p, Some(1), &[org_id.into(), resource_id.into(), starts_at.into(), duration.into()])
+            .or_bug(SLOT_FREE.sql)
+            .first()
+            .get_one::<bool>()
+            .or_bug(SLOT_FREE.sql)
+            .unwrap_or(false)
+    })
+}
+
+/// Slot-sized ranges, aligned to the window's start, that overlap no active booking.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn free_slots(
+    org_id: Option<Uuid>,
+    resource_id: Option<Uuid>,
+    window: Option<Range<TimestampWithTimeZone>>,
+    slot: Option<Interval>,
+) -> SetOfIterator<'static, Range<TimestampWithTimeZone>> {
+    const F: &str = "integrity.free_slots";
+    let org_id = required(org_id, F, "org_id");
+    let resource_id = required(resource_id, F, "resource_id");
+    let window = required(window, F, "window");
+    let slot = required(slot, F, "slot");
+    let (lower, upper) = window_bounds(F, &window);
+    let slot_us = slot.as_micros();
+    if slot_us <= 0 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("slot must be positive, got {}", interval_text(slot)),
+            "Pass a positive interval such as '30 minutes' for slot.",
+        );
+    }
+    let span_us = i64::from(upper) as i128 - i64::from(lower) as i128;
+    let candidates = span_us / slot_us;
+    if candidates > gucs::max_slots() as i128 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!(
+                "window and slot give {candidates} candidate slots, more than integrity.max_slots ({})",
+                gucs::max_slots()
+            ),
+            "Ask for a shorter window or a longer slot, or raise integrity.max_slots.",
+        );
+    }
+    let slots = Spi::connect(|client| {
+        let p = plan(client, &FREE_SLOTS);
+        let table = client
+            .select(
+                &*p,
+                None,
+                &[org_id.into(), resource_id.into(), lower.into(), slot.into(), upper.into()],
+            )
+            .or_bug(FREE_SLOTS.sql);
+        let mut out = Vec::with_capacity(table.len());
+        for row in table {
+            if let Some(r) = row.get::<Range<TimestampWithTimeZone>>(1).or_bug(FREE_SLOTS.sql) {
+                out.push(r);
+            }
+        }
+        out
+    });
+    SetOfIterator::new(slots)
+}
+
+/// The finite, non-empty `[lower, upper)` of a window, or a 22023 naming it.
+fn window_bounds(f: &'static str, w: &Range<TimestampWithTimeZone>) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
+    let finite = |b: Option<&RangeBound<TimestampWithTimeZone>>| -> Option<TimestampWithTimeZone> {
+        let t = *b?.get()?;
+        (!t.is_infinity() && !t.is_neg_infinity()).then_some(t)
+    };
+    if w.is_empty() {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            "window must not be empty",
+            "Pass a window such as tstzrange('2026-12-01 09:00+00', '2026-12-01 17:00+00').",
+        );
+    }
+    match (finite(w.lower()), finite(w.upper())) {
+        (Some(l), Some(u)) => (l, u),
+        _ => raise(
+            Kind::InvalidParameter,
+            f,
+            "window must have finite lower and upper bounds",
+            "Pass a bounded window such as tstzrange('2026-12-01 09:00+00', '2026-12-01 17:00+00').",
+        ),
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::{json, sqlstate};
+    use pgrx::prelude::*;
+
+    const ORG: &str = "00000000-0000-0000-0000-00000000000a";
+    const ORG2: &str = "00000000-0000-0000-0000-00000000000b";
+    const RES: &str = "00000000-0000-0000-0000-000000000001";
+    const RES2: &str = "00000000-0000-0000-0000-000000000002";
+
+    fn book(org: &str, res: &str, at: &str, dur: &str) -> serde_json::Value {
+        json(&format!("SELECT integrity.book('{org}', '{res}', '{at}', '{dur}')"))
+    }
+
+    fn id(v: &serde_json::Value) -> String {
+        v["booking_id"].as_str().expect("booking_id").to_string()
+    }
+
+    #[pg_test]
+    fn book_claims_and_reports_conflicts() {
+        Spi::run("SET LOCAL TimeZone = 'UTC'").unwrap();
+        let a = book(ORG, RES, "2026-12-01 10:00+00", "30 minutes");
+        assert_eq!(a["ok"], true, "{a}");
+        assert_eq!(a["starts_at"], "2026-12-01T10:00:00+00:00");
+        assert_eq!(a["ends_at"], "2026-12-01T10:30:00+00:00");
+
+        let b = book(ORG, RES, "2026-12-01 10:15+00", "30 minutes");
+        assert_eq!(b["ok"], false);
+        assert_eq!(b["reason"], "slot_taken");
+        assert_eq!(b["conflicts"][0]["booking_id"], a["booking_id"]);
+        assert_eq!(b["conflicts"].as_array().unwrap().len(), 1);
+
+        // [start, end): back-to-back bookings do not overlap.
+        assert_eq!(book(ORG, RES, "2026-12-01 10:30+00", "30 minutes")["ok"], true);
+        assert_eq!(book(ORG, RES, "2026-12-01 09:30+00", "30 minutes")["ok"], true);
+        // Another resource, or the same resource id in another tenant, is independent.
+        assert_eq!(book(ORG, RES2, "2026-12-01 10:00+00", "30 minutes")["ok"], true);
+        assert_eq!(book(ORG2, RES, "2026-12-01 10:00+00", "30 minutes")["ok"], true);
+
+        // One request spanning several bookings lists them all, in order.
+        let wide = book(ORG, RES, "2026-12-01 09:00+00", "3 hours");
+        let c = wide["conflicts"].as_array().unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0]["starts_at"], "2026-12-01T09:30:00+00:00");
+        assert_eq!(c[2]["starts_at"], "2026-12-01T10:30:00+00:00");
+
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        assert_eq!(n, 5);
+        // Metadata and contact are stored as given.
+        let m = json(&format!(
+            "SELECT integrity.book('{ORG}', '{RES}', '2026-12-02 10:00+00', '1 hour', \
+             contact_id => '00000000-0000-0000-0000-0000000000cc', metadata => '{{\"src\": \"web\"}}')"
+        ));
+        let stored = json(&format!(
+            "SELECT jsonb_build_object('m', metadata, 'c', contact_id) FROM integrity.bookings WHERE id = '{}'",
+            id(&m)
+        ));
+        assert_eq!(stored["m"]["src"], "web");
+        assert_eq!(stored["c"], "00000000-0000-0000-0000-0000000000cc");
+    }
+
+    #[pg_test]
+    fn exclusion_constraint_is_the_last_line_of_defence() {
+        assert_eq!(book(ORG, RES, "2026-12-01 10:00+00", "1 hour")["ok"], true);
+        let direct = format!(
+            "INSERT INTO integrity.bookings (org_id, resource_id, during) \
+             VALUES ('{ORG}', '{RES}', tstzrange('2026-12-01 10:30+00', '2026-12-01 11:30+00'))"
+        );
+        assert_eq!(sqlstate(&direct), "23P01");
+    }
+
+    #[pg_test]
+    fn cancel_frees_the_slot_and_is_audited() {
+        let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
+        let c = json(&format!("SELECT integrity.cancel('{}', 'customer asked')", id(&a)));
+        assert_eq!(c["ok"], true, "{c}");
+        assert_eq!(c["status"], "cancelled");
+        let again = json(&format!("SELECT integrity.cancel('{}')", id(&a)));
+        assert_eq!(again["reason"], "already_cancelled");
+        let none = json("SELECT integrity.cancel('00000000-0000-0000-0000-0000000000ff')");
+        assert_eq!(none["ok"], false);
+        assert_eq!(none["reason"], "not_found");
+        // The slot is free again.
+        assert_eq!(book(ORG, RES, "2026-12-01 10:00+00", "1 hour")["ok"], true);
+        let ev = json(&format!(
+            "SELECT jsonb_agg(jsonb_build_object('e', event, 'd', details)) FROM integrity.booking_events WHERE booking_id = '{}'",
+            id(&a)
+        ));
+        assert_eq!(ev.as_array().unwrap().len(), 1);
+        assert_eq!(ev[0]["e"], "cancelled");
+        assert_eq!(ev[0]["d"]["reason"], "customer asked");
+        let row = json(&format!(
+            "SELECT jsonb_build_object('s', status, 'r', cancel_reason, 'c', cancelled_at IS NOT NULL) FROM integrity.bookings WHERE id = '{}'",
+            id(&a)
+        ));
+        assert_eq!(row, serde_json::json!({"s": "cancelled", "r": "customer asked", "c": true}));
+    }
+
+    #[pg_test]
+    fn reschedule_moves_atomically_and_leaves_old_untouched_on_conflict() {
+        Spi::run("SET LOCAL TimeZone = 'UTC'").unwrap();
+        let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
+        let other = book(ORG, RES, "2026-12-01 12:00+00", "1 hour");
+        // Overlapping its own old time is fine: the old booking gives way.
+        let r = json(&format!("SELECT integrity.reschedule('{}', '2026-12-01 10:30+00')", id(&a)));
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["previous_booking_id"], a["booking_id"]);
+        assert_eq!(r["starts_at"], "2026-12-01T10:30:00+00:00");
+        assert_eq!(r["ends_at"], "2026-12-01T11:30:00+00:00", "duration defaults to the old one");
+        let old = json(&format!(
+            "SELECT jsonb_build_object('s', status, 'r', cancel_reason) FROM integrity.bookings WHERE id = '{}'",
+            id(&a)
+        ));
+        assert_eq!(old, serde_json::json!({"s": "cancelled", "r": "rescheduled"}));
+        let ev = json(&format!(
+            "SELECT jsonb_build_object('e', event, 'n', details->>'new_booking_id') FROM integrity.booking_events WHERE booking_id = '{}'",
+            id(&a)
+        ));
+        assert_eq!(ev["e"], "rescheduled");
+        assert_eq!(ev["n"], r["booking_id"]);
+
+        // Into a taken slot: refused as data, the booking stays exactly as it was.
+        let before = json(&format!(
+            "SELECT to_jsonb(b) FROM integrity.bookings b WHERE id = '{}'",
+            id(&r)
+        ));
+        let t = json(&format!(
+            "SELECT integrity.reschedule('{}', '2026-12-01 11:45+00', '30 minutes')",
+            id(&r)
+        ));
+        assert_eq!(t["reason"], "slot_taken", "{t}");
+        assert_eq!(t["conflicts"][0]["booking_id"], other["booking_id"]);
+        let after = json(&format!("SELECT to_jsonb(b) FROM integrity.bookings b WHERE id = '{}'", id(&r)));
+        assert_eq!(before, after);
+
+        let gone = json(&format!("SELECT integrity.reschedule('{}', '2026-12-01 15:00+00')", id(&a)));
+        assert_eq!(gone["reason"], "already_cancelled");
+        let none = json("SELECT integrity.reschedule('00000000-0000-0000-0000-0000000000ff', '2026-12-01 15:00+00')");
+        assert_eq!(none["reason"], "not_found");
+        let active = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings WHERE status = 'booked'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(active, 2);
+    }
+
+    #[pg_test]
+    fn slot_available_and_free_slots() {
+        Spi::run("SET LOCAL TimeZone = 'UTC'").unwrap();
+        book(ORG, RES, "2026-12-01 10:00+00", "30 minutes");
+        book(ORG, RES, "2026-12-01 10:45+00", "30 minutes");
+        let avail = |at: &str| {
+            Spi::get_one::<bool>(&format!(
+                "SELECT integrity.slot_available('{ORG}', '{RES}', '{at}', '30 minutes')"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        assert!(!avail("2026-12-01 10:15+00"));
+        assert!(avail("2026-12-01 09:30+00"));
+        assert!(avail("2026-12-01 11:15+00"));
+        let slots = Spi::get_one::<String>(&format!(
+            "SELECT string_agg(to_char(lower(s), 'HH24:MI'), ' ' ORDER BY s) FROM \
+             integrity.free_slots('{ORG}', '{RES}', tstzrange('2026-12-01 09:00+00', '2026-12-01 12:00+00'), '30 minutes') s"
+        ))
+        .unwrap()
+        .unwrap();
+        // 10:00 is booked, 10:30 and 11:00 overlap the 10:45 booking.
+        assert_eq!(slots, "09:00 09:30 11:30");
+        // A slot that does not fit in what is left of the window is not offered.
+        let n = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM integrity.free_slots('{ORG}', '{RES2}', tstzrange('2026-12-01 09:00+00', '2026-12-01 10:10+00'), '30 minutes')"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[pg_test]
+    fn bad_input_gets_a_clear_sqlstate() {
+        let b = |args: &str| sqlstate(&format!("SELECT integrity.book({args})"));
+        let ok_args = format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', '30 min'");
+        assert_eq!(b(&ok_args), "00000");
+        assert_eq!(b(&format!("NULL, '{RES}', '2026-12-01 10:00+00', '30 min'")), "22004");
+        assert_eq!(b(&format!("'{ORG}', NULL, '2026-12-01 10:00+00', '30 min'")), "22004");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', NULL")), "22004");
+        assert_eq!(b(&format!("{ok_args}, metadata => NULL")), "22004");
+        assert_eq!(b(&format!("{ok_args}, wait => NULL")), "22004");
+        assert_eq!(b(&format!("{ok_args}, metadata => '[1]'")), "22023");
+        assert_eq!(b(&format!("{ok_args}, metadata => '{{bad'")), "22P02");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '0 min'")), "22023");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '-30 min'")), "22023");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'")), "00000");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '25 hours'")), "22023");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1 mon'")), "22023");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1000000 years'")), "22023");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', 'infinity', '30 min'")), "22008");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '-infinity', '30 min'")), "22008");
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'")), "22008");
+        assert_eq!(b(&format!("'not-a-uuid', '{RES}', '2026-12-01 10:00+00', '30 min'")), "22P02");
+        // The limit is a GUC.
+        Spi::run("SET LOCAL integrity.max_booking_duration = '48h'").unwrap();
+        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-05 10:00+00', '25 hours'")), "00000");
+
+        assert_eq!(sqlstate("SELECT integrity.cancel(NULL)"), "22004");
+        assert_eq!(sqlstate("SELECT integrity.reschedule(NULL, now())"), "22004");
+        let any = "00000000-0000-0000-0000-0000000000ff";
+        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', NULL)")), "22004");
+        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', 'infinity')")), "22008");
+        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', now(), '-1 hour')")), "22023");
+        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', now(), wait => NULL)")), "22004");
+
+        let sa = |args: &str| sqlstate(&format!("SELECT integrity.slot_available({args})"));
+        assert_eq!(sa(&format!("NULL, '{RES}', now(), '1 hour'")), "22004");
+        assert_eq!(sa(&format!("'{ORG}', '{RES}', now(), '0 s'")), "22023");
+        assert_eq!(sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")), "22008");
+
+        let fs = |args: &str| sqlstate(&format!("SELECT * FROM integrity.free_slots({args})"));
+        let win = "tstzrange('2026-12-01 09:00+00', '2026-12-01 17:00+00')";
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '30 min'")), "00000");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, NULL")), "22004");
+        assert_eq!(fs(&format!("NULL, '{RES}', {win}, '30 min'")), "22004");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', 'empty', '30 min'")), "22023");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', '[2026-12-01,)', '30 min'")), "22023");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', '(,2026-12-01)', '30 min'")), "22023");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', '[2026-12-01,infinity)', '30 min'")), "22023");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '0 min'")), "22023");
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023");
+        // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "22023");
+        assert_eq!(
+            fs(&format!("'{ORG}', '{RES}', tstzrange('2000-01-01', '2100-01-01'), '1 microsecond'")),
+            "22023"
+        );
+        Spi::run("SET LOCAL integrity.max_slots = 30000").unwrap();
+        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "00000");
+    }
+
+    #[pg_test]
+    fn lock_key_is_the_documented_one() {
+        // Applications can take the same lock from SQL to serialise with book().
+        let ours = super::resource_lock_key(
+            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[10u8]).copied().collect::<Vec<_>>()).unwrap(),
+            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[1u8]).copied().collect::<Vec<_>>()).unwrap(),
+        );
+        let sql = Spi::get_one::<i64>(&format!(
+            "SELECT integrity.lock_key('booking', '{ORG}'::uuid::text, '{RES}'::uuid::text)"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(ours, sql);
+    }
+
+    #[pg_test]
+    fn row_level_security_scopes_tenants() {
+        book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
+        book(ORG2, RES, "2026-12-01 10:00+00", "1 hour");
+        Spi::run("CREATE ROLE integrity_test_app").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT integrity.grant_access('integrity_test_app')").unwrap(), Some(true));
+        assert_eq!(sqlstate("SELECT integrity.grant_access('no_such_role_here')"), "42704");
+        assert_eq!(sqlstate("SELECT integrity.grant_access(NULL)"), "22004");
+        Spi::run("SET LOCAL ROLE integrity_test_app").unwrap();
+        let all = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        assert_eq!(all, 2, "no integrity.org_id set: no scoping");
+        Spi::run(&format!("SET LOCAL integrity.org_id = '{ORG}'")).unwrap();
+        let mine = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        assert_eq!(mine, 1);
+        // The application role can book through the API within its tenant.
+        assert_eq!(book(ORG, RES2, "2026-12-01 10:00+00", "1 hour")["ok"], true);
+        // Writing another tenant's row is refused by the policy.
+        assert_eq!(
+            sqlstate(&format!("SELECT integrity.book('{ORG2}', '{RES2}', '2026-12-01 10:00+00', '1 hour')")),
+            "42501"
+        );
+        Spi::run("RESET ROLE").unwrap();
+    }
+}

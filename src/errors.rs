@@ -1,0 +1,89 @@
+//! The one place where `integrity` turns a caller's mistake into an SQL error.
+//!
+//! Every error carries a deliberate SQLSTATE, a message that names the argument
+//! and the value, and a HINT saying what to do instead. Business outcomes
+//! (slot taken, busy, not found) are never errors: they are returned as jsonb.
+//! `XX000` (a panic, `error!()`) is reserved for real bugs.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+/// A caller's mistake, with the SQLSTATE it is reported under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 22004: a required argument was NULL.
+    NullValue,
+    /// 22023: an argument has a value outside what the function accepts.
+    InvalidParameter,
+    /// 22007 / 22008: a timestamp is infinite or out of range.
+    DatetimeOutOfRange,
+    /// 42704: a named object (role, …) does not exist.
+    UndefinedObject,
+}
+
+impl Kind {
+    fn code(self) -> PgSqlErrorCode {
+        match self {
+            Kind::NullValue => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            Kind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            Kind::DatetimeOutOfRange => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+            Kind::UndefinedObject => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        }
+    }
+}
+
+/// Raise an ERROR with SQLSTATE, message and hint. Never returns.
+///
+/// `function` is the SQL name of the function the caller called
+/// (`integrity.book`), so the message says where the mistake is.
+#[track_caller]
+pub fn raise(kind: Kind, function: &'static str, message: impl Into<String>, hint: impl Into<String>) -> ! {
+    let message = format!("{function}: {}", message.into());
+    ErrorReport::new(kind.code(), message, function)
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    // `report` at ERROR level does not return; this keeps the type `!` honest.
+    unreachable!("ERROR-level report returned")
+}
+
+/// Unwrap a required argument or raise 22004 naming it.
+#[track_caller]
+pub fn required<T>(value: Option<T>, function: &'static str, arg: &'static str) -> T {
+    match value {
+        Some(v) => v,
+        None => raise(
+            Kind::NullValue,
+            function,
+            format!("{arg} must not be NULL"),
+            format!("Pass a value for {arg}."),
+        ),
+    }
+}
+
+/// Turn an SPI failure of one of our own, fixed statements into an internal
+/// error. A Postgres error raised while the statement runs (a constraint, an
+/// out-of-range timestamp, a serialization failure) does not come through
+/// here: it propagates with its own SQLSTATE. What does come here is a
+/// mismatch between our code and our SQL, which is a bug (`XX000`).
+pub trait OrBug<T> {
+    fn or_bug(self, what: &str) -> T;
+}
+
+impl<T> OrBug<T> for Result<T, pgrx::spi::SpiError> {
+    #[track_caller]
+    fn or_bug(self, what: &str) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => {
+                ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("integrity internal error in {what}: {e}"),
+                    "integrity",
+                )
+                .set_hint("This is a bug in the integrity extension; please report it.")
+                .report(PgLogLevel::ERROR);
+                unreachable!("ERROR-level report returned")
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Settings (`integrity.*` GUCs), declared once and read through getters.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Longest booking `book`/`reschedule` accept, in seconds (GUC unit `s`,
+/// so `SET integrity.max_booking_duration = '8h'` works).
+static MAX_BOOKING_DURATION: GucSetting<i32> = GucSetting::<i32>::new(24 * 60 * 60);
+
+/// Most candidate slots `free_slots` will consider in one call.
+static MAX_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"integrity.max_booking_duration",
+        c"Longest duration integrity.book and integrity.reschedule accept.",
+        c"Longer requests are refused with SQLSTATE 22023. Default 24 hours.",
+        &MAX_BOOKING_DURATION,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"integrity.max_slots",
+        c"Most candidate slots integrity.free_slots considers in one call.",
+        c"A window/slot combination with more candidates is refused with SQLSTATE 22023.",
+        &MAX_SLOTS,
+        1,
+        10_000_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// `integrity.max_booking_duration` in microseconds.
+pub fn max_booking_duration_us() -> i128 {
+    MAX_BOOKING_DURATION.get() as i128 * 1_000_000
+}
+
+pub fn max_slots() -> i64 {
+    MAX_SLOTS.get() as i64
+}

@@ -1,0 +1,43 @@
+//! `integrity`: data-integrity guarantees inside PostgreSQL, atomic with the
+//! caller's own transaction and the same for every client language.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!();
+
+/// One helper that raises errors with SQLSTATE, message and hint.
+mod errors;
+/// `integrity.*` settings, declared once and read through getters.
+mod gucs;
+/// jsonb carried as Postgres's own text, for exact fingerprints and pass-through.
+mod jsonb;
+/// Statements prepared once per backend for the hot paths.
+mod plans;
+
+/// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
+mod keys;
+/// Tenant scoping and `grant_access`: what an application role may touch.
+mod access;
+/// Booking: no two active bookings of one resource ever overlap.
+mod booking;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod testutil;
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap");
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,29 @@
+//! Helpers for `#[pg_test]`s: run a statement in a real subtransaction (a
+//! PL/pgSQL exception block) and report the SQLSTATE it ended with, so bad
+//! input is tested exactly as a client sees it, including errors Postgres
+//! itself raises.
+
+use pgrx::prelude::*;
+
+/// SQLSTATE the statement ends with; `"00000"` when it succeeds.
+pub fn sqlstate(sql: &str) -> String {
+    Spi::run(
+        "CREATE OR REPLACE FUNCTION pg_temp.integrity_sqlstate(q text) RETURNS text
+         LANGUAGE plpgsql AS $$
+         BEGIN
+           EXECUTE q;
+           RETURN '00000';
+         EXCEPTION WHEN OTHERS THEN
+           RETURN SQLSTATE;
+         END $$",
+    )
+    .expect("create sqlstate helper");
+    Spi::get_one_with_args::<String>("SELECT pg_temp.integrity_sqlstate($1)", &[sql.into()])
+        .expect("run sqlstate helper")
+        .expect("sqlstate is never NULL")
+}
+
+/// The jsonb a statement returns, as a serde value.
+pub fn json(sql: &str) -> serde_json::Value {
+    Spi::get_one::<pgrx::JsonB>(sql).expect("query ran").expect("query returned a value").0
+}
