@@ -6,7 +6,11 @@
 use crate::errors::{raise, required, Kind, OrBug};
 use pgrx::prelude::*;
 
-pgrx::extension_sql_file!("../sql/access_api.sql", name = "access_api", requires = [grant_access]);
+pgrx::extension_sql_file!(
+    "../sql/access_api.sql",
+    name = "access_api",
+    requires = [grant_access]
+);
 
 /// Grant `role` what the integrity API needs: USAGE on the schema, EXECUTE on
 /// its functions, SELECT/INSERT/UPDATE on its tables, USAGE on its sequences.
@@ -37,9 +41,12 @@ fn grant_access(role: Option<&str>) -> bool {
         "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA integrity TO %I",
     ];
     for template in stmts {
-        let sql = Spi::get_one_with_args::<String>("SELECT pg_catalog.format($1, $2)", &[template.into(), role.into()])
-            .or_bug("format grant")
-            .unwrap_or_default();
+        let sql = Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.format($1, $2)",
+            &[template.into(), role.into()],
+        )
+        .or_bug("format grant")
+        .unwrap_or_default();
         Spi::run(&sql).or_bug("grant");
     }
     true

@@ -23,8 +23,8 @@ use crate::plans::{plan, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
-use pgrx::{direct_function_call, direct_function_call_as_datum};
 use pgrx::spi::SpiClient;
+use pgrx::{direct_function_call, direct_function_call_as_datum};
 use std::ffi::CStr;
 
 pgrx::extension_sql_file!(
@@ -35,7 +35,14 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/booking_api.sql",
     name = "booking_api",
-    requires = ["booking_tables", book, cancel, reschedule, slot_available, free_slots]
+    requires = [
+        "booking_tables",
+        book,
+        cancel,
+        reschedule,
+        slot_available,
+        free_slots
+    ]
 );
 
 const UUID: Oid = pg_sys::UUIDOID;
@@ -215,12 +222,23 @@ fn check_duration(f: &'static str, arg: &'static str, d: Interval) -> Interval {
     d
 }
 
-fn check_finite(f: &'static str, arg: &'static str, t: TimestampWithTimeZone) -> TimestampWithTimeZone {
+fn check_finite(
+    f: &'static str,
+    arg: &'static str,
+    t: TimestampWithTimeZone,
+) -> TimestampWithTimeZone {
     if t.is_infinity() || t.is_neg_infinity() {
         raise(
             Kind::DatetimeOutOfRange,
             f,
-            format!("{arg} must be a finite timestamp, got {}", if t.is_infinity() { "infinity" } else { "-infinity" }),
+            format!(
+                "{arg} must be a finite timestamp, got {}",
+                if t.is_infinity() {
+                    "infinity"
+                } else {
+                    "-infinity"
+                }
+            ),
             format!("Pass a real point in time for {arg}."),
         );
     }
@@ -276,7 +294,8 @@ fn lock_resource(org_id: Uuid, resource_id: Uuid, wait: bool) -> bool {
             direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int8, &[key]);
             true
         } else {
-            direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key]).unwrap_or(false)
+            direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key])
+                .unwrap_or(false)
         }
     }
 }
@@ -290,7 +309,11 @@ fn outcome(r: &str) -> JsonbText {
 }
 
 /// Run a kept statement and return the jsonb in the first column of its first row.
-fn one_json(client: &mut SpiClient<'_>, stmt: &'static Stmt, args: &[DatumWithOid<'_>]) -> Option<JsonbText> {
+fn one_json(
+    client: &mut SpiClient<'_>,
+    stmt: &'static Stmt,
+    args: &[DatumWithOid<'_>],
+) -> Option<JsonbText> {
     let p = plan(client, stmt);
     let table = client.update(&*p, Some(1), args).or_bug(stmt.sql);
     if table.is_empty() {
@@ -310,7 +333,13 @@ fn conflicts(
     one_json(
         client,
         &CONFLICTS,
-        &[org_id.into(), resource_id.into(), starts_at.into(), duration.into(), except.into()],
+        &[
+            org_id.into(),
+            resource_id.into(),
+            starts_at.into(),
+            duration.into(),
+            except.into(),
+        ],
     )
 }
 
@@ -376,7 +405,9 @@ fn cancel(booking_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> J
     let booking_id = required(booking_id, F, "booking_id");
     Spi::connect_mut(|client| {
         let p = plan(client, &LOCK_BOOKING);
-        let row = client.update(&*p, Some(1), &[booking_id.into()]).or_bug(LOCK_BOOKING.sql);
+        let row = client
+            .update(&*p, Some(1), &[booking_id.into()])
+            .or_bug(LOCK_BOOKING.sql);
         if row.is_empty() {
             return outcome("not_found");
         }
@@ -401,7 +432,11 @@ fn reschedule(
 ) -> JsonbText {
     const F: &str = "integrity.reschedule";
     let booking_id = required(booking_id, F, "booking_id");
-    let new_starts_at = check_finite(F, "new_starts_at", required(new_starts_at, F, "new_starts_at"));
+    let new_starts_at = check_finite(
+        F,
+        "new_starts_at",
+        required(new_starts_at, F, "new_starts_at"),
+    );
     let new_duration = new_duration.map(|d| check_duration(F, "new_duration", d));
     let wait = required(wait, F, "wait");
 
@@ -409,11 +444,16 @@ fn reschedule(
         // Resource lock before row lock, the same order `book` + `cancel` in
         // one transaction take them, so the two cannot deadlock each other.
         let p = plan(client, &FIND_BOOKING);
-        let found = client.select(&*p, Some(1), &[booking_id.into()]).or_bug(FIND_BOOKING.sql);
+        let found = client
+            .select(&*p, Some(1), &[booking_id.into()])
+            .or_bug(FIND_BOOKING.sql);
         if found.is_empty() {
             return outcome("not_found");
         }
-        let (org, res) = found.first().get_two::<Uuid, Uuid>().or_bug(FIND_BOOKING.sql);
+        let (org, res) = found
+            .first()
+            .get_two::<Uuid, Uuid>()
+            .or_bug(FIND_BOOKING.sql);
         let (Some(org_id), Some(resource_id)) = (org, res) else {
             return outcome("not_found");
         };
@@ -422,7 +462,9 @@ fn reschedule(
         }
 
         let p = plan(client, &LOCK_BOOKING);
-        let row = client.update(&*p, Some(1), &[booking_id.into()]).or_bug(LOCK_BOOKING.sql);
+        let row = client
+            .update(&*p, Some(1), &[booking_id.into()])
+            .or_bug(LOCK_BOOKING.sql);
         if row.is_empty() {
             return outcome("not_found");
         }
@@ -439,12 +481,21 @@ fn reschedule(
 
         // Under our lock this sees every booking made through integrity.*
         // (READ COMMITTED); the ON CONFLICT below covers everything else.
-        if let Some(taken) = conflicts(client, org_id, resource_id, new_starts_at, duration, Some(booking_id)) {
+        if let Some(taken) = conflicts(
+            client,
+            org_id,
+            resource_id,
+            new_starts_at,
+            duration,
+            Some(booking_id),
+        ) {
             return taken;
         }
 
         let p = plan(client, &RELEASE_FOR_RESCHEDULE);
-        client.update(&*p, None, &[booking_id.into()]).or_bug(RELEASE_FOR_RESCHEDULE.sql);
+        client
+            .update(&*p, None, &[booking_id.into()])
+            .or_bug(RELEASE_FOR_RESCHEDULE.sql);
         let inserted = one_json(
             client,
             &INSERT_RESCHEDULED,
@@ -457,8 +508,15 @@ fn reschedule(
                 client
                     .update(&*p, None, &[booking_id.into(), old_updated_at.into()])
                     .or_bug(RESTORE_BOOKING.sql);
-                conflicts(client, org_id, resource_id, new_starts_at, duration, Some(booking_id))
-                    .unwrap_or_else(taken_without_details)
+                conflicts(
+                    client,
+                    org_id,
+                    resource_id,
+                    new_starts_at,
+                    duration,
+                    Some(booking_id),
+                )
+                .unwrap_or_else(taken_without_details)
             }
         }
     })
@@ -481,7 +539,16 @@ fn slot_available(
     Spi::connect(|client| {
         let p = plan(client, &SLOT_FREE);
         client
-            .select(&*p, Some(1), &[org_id.into(), resource_id.into(), starts_at.into(), duration.into()])
+            .select(
+                &*p,
+                Some(1),
+                &[
+                    org_id.into(),
+                    resource_id.into(),
+                    starts_at.into(),
+                    duration.into(),
+                ],
+            )
             .or_bug(SLOT_FREE.sql)
             .first()
             .get_one::<bool>()
@@ -533,12 +600,21 @@ fn free_slots(
             .select(
                 &*p,
                 None,
-                &[org_id.into(), resource_id.into(), lower.into(), slot.into(), upper.into()],
+                &[
+                    org_id.into(),
+                    resource_id.into(),
+                    lower.into(),
+                    slot.into(),
+                    upper.into(),
+                ],
             )
             .or_bug(FREE_SLOTS.sql);
         let mut out = Vec::with_capacity(table.len());
         for row in table {
-            if let Some(r) = row.get::<Range<TimestampWithTimeZone>>(1).or_bug(FREE_SLOTS.sql) {
+            if let Some(r) = row
+                .get::<Range<TimestampWithTimeZone>>(1)
+                .or_bug(FREE_SLOTS.sql)
+            {
                 out.push(r);
             }
         }
@@ -548,7 +624,10 @@ fn free_slots(
 }
 
 /// The finite, non-empty `[lower, upper)` of a window, or a 22023 naming it.
-fn window_bounds(f: &'static str, w: &Range<TimestampWithTimeZone>) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
+fn window_bounds(
+    f: &'static str,
+    w: &Range<TimestampWithTimeZone>,
+) -> (TimestampWithTimeZone, TimestampWithTimeZone) {
     let finite = |b: Option<&RangeBound<TimestampWithTimeZone>>| -> Option<TimestampWithTimeZone> {
         let t = *b?.get()?;
         (!t.is_infinity() && !t.is_neg_infinity()).then_some(t)
@@ -584,7 +663,9 @@ mod tests {
     const RES2: &str = "00000000-0000-0000-0000-000000000002";
 
     fn book(org: &str, res: &str, at: &str, dur: &str) -> serde_json::Value {
-        json(&format!("SELECT integrity.book('{org}', '{res}', '{at}', '{dur}')"))
+        json(&format!(
+            "SELECT integrity.book('{org}', '{res}', '{at}', '{dur}')"
+        ))
     }
 
     fn id(v: &serde_json::Value) -> String {
@@ -606,11 +687,23 @@ mod tests {
         assert_eq!(b["conflicts"].as_array().unwrap().len(), 1);
 
         // [start, end): back-to-back bookings do not overlap.
-        assert_eq!(book(ORG, RES, "2026-12-01 10:30+00", "30 minutes")["ok"], true);
-        assert_eq!(book(ORG, RES, "2026-12-01 09:30+00", "30 minutes")["ok"], true);
+        assert_eq!(
+            book(ORG, RES, "2026-12-01 10:30+00", "30 minutes")["ok"],
+            true
+        );
+        assert_eq!(
+            book(ORG, RES, "2026-12-01 09:30+00", "30 minutes")["ok"],
+            true
+        );
         // Another resource, or the same resource id in another tenant, is independent.
-        assert_eq!(book(ORG, RES2, "2026-12-01 10:00+00", "30 minutes")["ok"], true);
-        assert_eq!(book(ORG2, RES, "2026-12-01 10:00+00", "30 minutes")["ok"], true);
+        assert_eq!(
+            book(ORG, RES2, "2026-12-01 10:00+00", "30 minutes")["ok"],
+            true
+        );
+        assert_eq!(
+            book(ORG2, RES, "2026-12-01 10:00+00", "30 minutes")["ok"],
+            true
+        );
 
         // One request spanning several bookings lists them all, in order.
         let wide = book(ORG, RES, "2026-12-01 09:00+00", "3 hours");
@@ -619,7 +712,9 @@ mod tests {
         assert_eq!(c[0]["starts_at"], "2026-12-01T09:30:00+00:00");
         assert_eq!(c[2]["starts_at"], "2026-12-01T10:30:00+00:00");
 
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings")
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 5);
         // Metadata and contact are stored as given.
         let m = json(&format!(
@@ -647,7 +742,10 @@ mod tests {
     #[pg_test]
     fn cancel_frees_the_slot_and_is_audited() {
         let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
-        let c = json(&format!("SELECT integrity.cancel('{}', 'customer asked')", id(&a)));
+        let c = json(&format!(
+            "SELECT integrity.cancel('{}', 'customer asked')",
+            id(&a)
+        ));
         assert_eq!(c["ok"], true, "{c}");
         assert_eq!(c["status"], "cancelled");
         let again = json(&format!("SELECT integrity.cancel('{}')", id(&a)));
@@ -668,7 +766,10 @@ mod tests {
             "SELECT jsonb_build_object('s', status, 'r', cancel_reason, 'c', cancelled_at IS NOT NULL) FROM integrity.bookings WHERE id = '{}'",
             id(&a)
         ));
-        assert_eq!(row, serde_json::json!({"s": "cancelled", "r": "customer asked", "c": true}));
+        assert_eq!(
+            row,
+            serde_json::json!({"s": "cancelled", "r": "customer asked", "c": true})
+        );
     }
 
     #[pg_test]
@@ -677,16 +778,25 @@ mod tests {
         let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
         let other = book(ORG, RES, "2026-12-01 12:00+00", "1 hour");
         // Overlapping its own old time is fine: the old booking gives way.
-        let r = json(&format!("SELECT integrity.reschedule('{}', '2026-12-01 10:30+00')", id(&a)));
+        let r = json(&format!(
+            "SELECT integrity.reschedule('{}', '2026-12-01 10:30+00')",
+            id(&a)
+        ));
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["previous_booking_id"], a["booking_id"]);
         assert_eq!(r["starts_at"], "2026-12-01T10:30:00+00:00");
-        assert_eq!(r["ends_at"], "2026-12-01T11:30:00+00:00", "duration defaults to the old one");
+        assert_eq!(
+            r["ends_at"], "2026-12-01T11:30:00+00:00",
+            "duration defaults to the old one"
+        );
         let old = json(&format!(
             "SELECT jsonb_build_object('s', status, 'r', cancel_reason) FROM integrity.bookings WHERE id = '{}'",
             id(&a)
         ));
-        assert_eq!(old, serde_json::json!({"s": "cancelled", "r": "rescheduled"}));
+        assert_eq!(
+            old,
+            serde_json::json!({"s": "cancelled", "r": "rescheduled"})
+        );
         let ev = json(&format!(
             "SELECT jsonb_build_object('e', event, 'n', details->>'new_booking_id') FROM integrity.booking_events WHERE booking_id = '{}'",
             id(&a)
@@ -705,16 +815,23 @@ mod tests {
         ));
         assert_eq!(t["reason"], "slot_taken", "{t}");
         assert_eq!(t["conflicts"][0]["booking_id"], other["booking_id"]);
-        let after = json(&format!("SELECT to_jsonb(b) FROM integrity.bookings b WHERE id = '{}'", id(&r)));
+        let after = json(&format!(
+            "SELECT to_jsonb(b) FROM integrity.bookings b WHERE id = '{}'",
+            id(&r)
+        ));
         assert_eq!(before, after);
 
-        let gone = json(&format!("SELECT integrity.reschedule('{}', '2026-12-01 15:00+00')", id(&a)));
+        let gone = json(&format!(
+            "SELECT integrity.reschedule('{}', '2026-12-01 15:00+00')",
+            id(&a)
+        ));
         assert_eq!(gone["reason"], "already_cancelled");
         let none = json("SELECT integrity.reschedule('00000000-0000-0000-0000-0000000000ff', '2026-12-01 15:00+00')");
         assert_eq!(none["reason"], "not_found");
-        let active = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings WHERE status = 'booked'")
-            .unwrap()
-            .unwrap();
+        let active =
+            Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings WHERE status = 'booked'")
+                .unwrap()
+                .unwrap();
         assert_eq!(active, 2);
     }
 
@@ -755,40 +872,118 @@ mod tests {
         let b = |args: &str| sqlstate(&format!("SELECT integrity.book({args})"));
         let ok_args = format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', '30 min'");
         assert_eq!(b(&ok_args), "00000");
-        assert_eq!(b(&format!("NULL, '{RES}', '2026-12-01 10:00+00', '30 min'")), "22004");
-        assert_eq!(b(&format!("'{ORG}', NULL, '2026-12-01 10:00+00', '30 min'")), "22004");
+        assert_eq!(
+            b(&format!("NULL, '{RES}', '2026-12-01 10:00+00', '30 min'")),
+            "22004"
+        );
+        assert_eq!(
+            b(&format!("'{ORG}', NULL, '2026-12-01 10:00+00', '30 min'")),
+            "22004"
+        );
         assert_eq!(b(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', NULL")), "22004");
+        assert_eq!(
+            b(&format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', NULL")),
+            "22004"
+        );
         assert_eq!(b(&format!("{ok_args}, metadata => NULL")), "22004");
         assert_eq!(b(&format!("{ok_args}, wait => NULL")), "22004");
         assert_eq!(b(&format!("{ok_args}, metadata => '[1]'")), "22023");
         assert_eq!(b(&format!("{ok_args}, metadata => '{{bad'")), "22P02");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '0 min'")), "22023");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '-30 min'")), "22023");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'")), "00000");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '25 hours'")), "22023");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1 mon'")), "22023");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1000000 years'")), "22023");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', 'infinity', '30 min'")), "22008");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '-infinity', '30 min'")), "22008");
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'")), "22008");
-        assert_eq!(b(&format!("'not-a-uuid', '{RES}', '2026-12-01 10:00+00', '30 min'")), "22P02");
+        assert_eq!(
+            b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '0 min'")),
+            "22023"
+        );
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '2026-12-02 10:00+00', '-30 min'"
+            )),
+            "22023"
+        );
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'"
+            )),
+            "00000"
+        );
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '2026-12-03 10:00+00', '25 hours'"
+            )),
+            "22023"
+        );
+        assert_eq!(
+            b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1 mon'")),
+            "22023"
+        );
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '2026-12-03 10:00+00', '1000000 years'"
+            )),
+            "22023"
+        );
+        assert_eq!(
+            b(&format!("'{ORG}', '{RES}', 'infinity', '30 min'")),
+            "22008"
+        );
+        assert_eq!(
+            b(&format!("'{ORG}', '{RES}', '-infinity', '30 min'")),
+            "22008"
+        );
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'"
+            )),
+            "22008"
+        );
+        assert_eq!(
+            b(&format!(
+                "'not-a-uuid', '{RES}', '2026-12-01 10:00+00', '30 min'"
+            )),
+            "22P02"
+        );
         // The limit is a GUC.
         Spi::run("SET LOCAL integrity.max_booking_duration = '48h'").unwrap();
-        assert_eq!(b(&format!("'{ORG}', '{RES}', '2026-12-05 10:00+00', '25 hours'")), "00000");
+        assert_eq!(
+            b(&format!(
+                "'{ORG}', '{RES}', '2026-12-05 10:00+00', '25 hours'"
+            )),
+            "00000"
+        );
 
         assert_eq!(sqlstate("SELECT integrity.cancel(NULL)"), "22004");
-        assert_eq!(sqlstate("SELECT integrity.reschedule(NULL, now())"), "22004");
+        assert_eq!(
+            sqlstate("SELECT integrity.reschedule(NULL, now())"),
+            "22004"
+        );
         let any = "00000000-0000-0000-0000-0000000000ff";
-        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', NULL)")), "22004");
-        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', 'infinity')")), "22008");
-        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', now(), '-1 hour')")), "22023");
-        assert_eq!(sqlstate(&format!("SELECT integrity.reschedule('{any}', now(), wait => NULL)")), "22004");
+        assert_eq!(
+            sqlstate(&format!("SELECT integrity.reschedule('{any}', NULL)")),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate(&format!("SELECT integrity.reschedule('{any}', 'infinity')")),
+            "22008"
+        );
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.reschedule('{any}', now(), '-1 hour')"
+            )),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.reschedule('{any}', now(), wait => NULL)"
+            )),
+            "22004"
+        );
 
         let sa = |args: &str| sqlstate(&format!("SELECT integrity.slot_available({args})"));
         assert_eq!(sa(&format!("NULL, '{RES}', now(), '1 hour'")), "22004");
         assert_eq!(sa(&format!("'{ORG}', '{RES}', now(), '0 s'")), "22023");
-        assert_eq!(sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")), "22008");
+        assert_eq!(
+            sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")),
+            "22008"
+        );
 
         let fs = |args: &str| sqlstate(&format!("SELECT * FROM integrity.free_slots({args})"));
         let win = "tstzrange('2026-12-01 09:00+00', '2026-12-01 17:00+00')";
@@ -797,15 +992,28 @@ mod tests {
         assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, NULL")), "22004");
         assert_eq!(fs(&format!("NULL, '{RES}', {win}, '30 min'")), "22004");
         assert_eq!(fs(&format!("'{ORG}', '{RES}', 'empty', '30 min'")), "22023");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', '[2026-12-01,)', '30 min'")), "22023");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', '(,2026-12-01)', '30 min'")), "22023");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', '[2026-12-01,infinity)', '30 min'")), "22023");
+        assert_eq!(
+            fs(&format!("'{ORG}', '{RES}', '[2026-12-01,)', '30 min'")),
+            "22023"
+        );
+        assert_eq!(
+            fs(&format!("'{ORG}', '{RES}', '(,2026-12-01)', '30 min'")),
+            "22023"
+        );
+        assert_eq!(
+            fs(&format!(
+                "'{ORG}', '{RES}', '[2026-12-01,infinity)', '30 min'"
+            )),
+            "22023"
+        );
         assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '0 min'")), "22023");
         assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023");
         // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.
         assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "22023");
         assert_eq!(
-            fs(&format!("'{ORG}', '{RES}', tstzrange('2000-01-01', '2100-01-01'), '1 microsecond'")),
+            fs(&format!(
+                "'{ORG}', '{RES}', tstzrange('2000-01-01', '2100-01-01'), '1 microsecond'"
+            )),
             "22023"
         );
         Spi::run("SET LOCAL integrity.max_slots = 30000").unwrap();
@@ -816,8 +1024,10 @@ mod tests {
     fn lock_key_is_the_documented_one() {
         // Applications can take the same lock from SQL to serialise with book().
         let ours = super::resource_lock_key(
-            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[10u8]).copied().collect::<Vec<_>>()).unwrap(),
-            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[1u8]).copied().collect::<Vec<_>>()).unwrap(),
+            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[10u8]).copied().collect::<Vec<_>>())
+                .unwrap(),
+            pgrx::Uuid::from_slice(&[0; 15].iter().chain(&[1u8]).copied().collect::<Vec<_>>())
+                .unwrap(),
         );
         let sql = Spi::get_one::<i64>(&format!(
             "SELECT integrity.lock_key('booking', '{ORG}'::uuid::text, '{RES}'::uuid::text)"
@@ -832,20 +1042,32 @@ mod tests {
         book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
         book(ORG2, RES, "2026-12-01 10:00+00", "1 hour");
         Spi::run("CREATE ROLE integrity_test_app").unwrap();
-        assert_eq!(Spi::get_one::<bool>("SELECT integrity.grant_access('integrity_test_app')").unwrap(), Some(true));
-        assert_eq!(sqlstate("SELECT integrity.grant_access('no_such_role_here')"), "42704");
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT integrity.grant_access('integrity_test_app')").unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            sqlstate("SELECT integrity.grant_access('no_such_role_here')"),
+            "42704"
+        );
         assert_eq!(sqlstate("SELECT integrity.grant_access(NULL)"), "22004");
         Spi::run("SET LOCAL ROLE integrity_test_app").unwrap();
-        let all = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        let all = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings")
+            .unwrap()
+            .unwrap();
         assert_eq!(all, 2, "no integrity.org_id set: no scoping");
         Spi::run(&format!("SET LOCAL integrity.org_id = '{ORG}'")).unwrap();
-        let mine = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings").unwrap().unwrap();
+        let mine = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings")
+            .unwrap()
+            .unwrap();
         assert_eq!(mine, 1);
         // The application role can book through the API within its tenant.
         assert_eq!(book(ORG, RES2, "2026-12-01 10:00+00", "1 hour")["ok"], true);
         // Writing another tenant's row is refused by the policy.
         assert_eq!(
-            sqlstate(&format!("SELECT integrity.book('{ORG2}', '{RES2}', '2026-12-01 10:00+00', '1 hour')")),
+            sqlstate(&format!(
+                "SELECT integrity.book('{ORG2}', '{RES2}', '2026-12-01 10:00+00', '1 hour')"
+            )),
             "42501"
         );
         Spi::run("RESET ROLE").unwrap();

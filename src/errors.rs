@@ -37,7 +37,12 @@ impl Kind {
 /// `function` is the SQL name of the function the caller called
 /// (`integrity.book`), so the message says where the mistake is.
 #[track_caller]
-pub fn raise(kind: Kind, function: &'static str, message: impl Into<String>, hint: impl Into<String>) -> ! {
+pub fn raise(
+    kind: Kind,
+    function: &'static str,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> ! {
     let message = format!("{function}: {}", message.into());
     ErrorReport::new(kind.code(), message, function)
         .set_hint(hint)

@@ -20,7 +20,11 @@ use std::hash::Hasher;
 /// The documented SipHash key: 16 ASCII bytes, k0/k1 read little-endian.
 pub const SIPHASH_KEY: &[u8; 16] = b"integrity-keys-1";
 
-pgrx::extension_sql_file!("../sql/keys_api.sql", name = "keys_api", requires = [lock_key, fingerprint]);
+pgrx::extension_sql_file!(
+    "../sql/keys_api.sql",
+    name = "keys_api",
+    requires = [lock_key, fingerprint]
+);
 
 /// `lock_key` over Rust strings; also used by other modules to derive the
 /// advisory-lock key they document.
@@ -39,7 +43,12 @@ pub fn fingerprint_of(bytes: &[u8]) -> String {
     h.write(bytes);
     let out = h.finish128();
     let mut hex = String::with_capacity(32);
-    for b in out.h1.to_le_bytes().iter().chain(out.h2.to_le_bytes().iter()) {
+    for b in out
+        .h1
+        .to_le_bytes()
+        .iter()
+        .chain(out.h2.to_le_bytes().iter())
+    {
         hex.push_str(&format!("{b:02x}"));
     }
     hex
@@ -96,7 +105,10 @@ mod unit {
         bytes.extend_from_slice(&h.h2.to_le_bytes());
         assert_eq!(
             bytes,
-            [0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55, 0x02, 0x93]
+            [
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
+            ]
         );
     }
 
@@ -105,12 +117,18 @@ mod unit {
     fn siphash64_matches_reference_vector() {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let h = SipHasher24::new_with_key(&key);
-        assert_eq!(h.finish().to_le_bytes(), [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]);
+        assert_eq!(
+            h.finish().to_le_bytes(),
+            [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]
+        );
     }
 
     #[test]
     fn parts_are_length_prefixed() {
-        assert_ne!(lock_key_of([&b"ab"[..], b"c"]), lock_key_of([&b"a"[..], b"bc"]));
+        assert_ne!(
+            lock_key_of([&b"ab"[..], b"c"]),
+            lock_key_of([&b"a"[..], b"bc"])
+        );
         assert_ne!(lock_key_of([&b""[..], b"x"]), lock_key_of([&b"x"[..], b""]));
     }
 }
@@ -129,7 +147,10 @@ mod tests {
             ("SELECT integrity.lock_key('ab', 'c')", VEC_AB_C),
             ("SELECT integrity.lock_key('a', 'bc')", VEC_A_BC),
             ("SELECT integrity.lock_key('')", VEC_EMPTY),
-            ("SELECT integrity.lock_key('booking', 'ünïcødé')", VEC_UNICODE),
+            (
+                "SELECT integrity.lock_key('booking', 'ünïcødé')",
+                VEC_UNICODE,
+            ),
         ];
         for (q, want) in cases {
             assert_eq!(Spi::get_one::<i64>(q).unwrap(), Some(*want), "{q}");
@@ -138,19 +159,30 @@ mod tests {
 
     #[pg_test]
     fn fingerprint_vectors_and_normalisation() {
-        let a = Spi::get_one::<String>(r#"SELECT integrity.fingerprint('{"b": 2, "a": [1, {"c": null}]}')"#)
-            .unwrap()
-            .unwrap();
-        let b = Spi::get_one::<String>(r#"SELECT integrity.fingerprint('{ "a":[1,{"c":null}],"b":2 }')"#)
-            .unwrap()
-            .unwrap();
+        let a = Spi::get_one::<String>(
+            r#"SELECT integrity.fingerprint('{"b": 2, "a": [1, {"c": null}]}')"#,
+        )
+        .unwrap()
+        .unwrap();
+        let b = Spi::get_one::<String>(
+            r#"SELECT integrity.fingerprint('{ "a":[1,{"c":null}],"b":2 }')"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(a, b, "key order and whitespace must not matter");
         assert_eq!(a, VEC_FP_OBJ);
-        let c = Spi::get_one::<String>(r#"SELECT integrity.fingerprint('{"a": [1, {"c": null}], "b": 3}')"#)
-            .unwrap()
-            .unwrap();
+        let c = Spi::get_one::<String>(
+            r#"SELECT integrity.fingerprint('{"a": [1, {"c": null}], "b": 3}')"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_ne!(a, c);
-        assert_eq!(Spi::get_one::<String>("SELECT integrity.fingerprint('{}')").unwrap().unwrap(), VEC_FP_EMPTY);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT integrity.fingerprint('{}')")
+                .unwrap()
+                .unwrap(),
+            VEC_FP_EMPTY
+        );
         assert_eq!(a.len(), 32);
     }
 
@@ -158,12 +190,21 @@ mod tests {
     fn keys_bad_input() {
         assert_eq!(sqlstate("SELECT integrity.lock_key(NULL::text)"), "22004");
         assert_eq!(sqlstate("SELECT integrity.lock_key('a', NULL)"), "22004");
-        assert_eq!(sqlstate("SELECT integrity.lock_key(VARIADIC NULL::text[])"), "22004");
-        assert_eq!(sqlstate("SELECT integrity.lock_key(VARIADIC '{}'::text[])"), "22023");
+        assert_eq!(
+            sqlstate("SELECT integrity.lock_key(VARIADIC NULL::text[])"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT integrity.lock_key(VARIADIC '{}'::text[])"),
+            "22023"
+        );
         assert_eq!(sqlstate("SELECT integrity.fingerprint(NULL)"), "22004");
         assert_eq!(sqlstate("SELECT integrity.fingerprint('{bad')"), "22P02");
         // Huge input is fine: a 1 MB part hashes like any other.
-        assert_eq!(sqlstate("SELECT integrity.lock_key(repeat('x', 1000000))"), "00000");
+        assert_eq!(
+            sqlstate("SELECT integrity.lock_key(repeat('x', 1000000))"),
+            "00000"
+        );
     }
 
     // Computed independently by examples/keys.py (pure Python SipHash).

@@ -14,12 +14,12 @@ mod jsonb;
 /// Statements prepared once per backend for the hot paths.
 mod plans;
 
-/// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
-mod keys;
 /// Tenant scoping and `grant_access`: what an application role may touch.
 mod access;
 /// Booking: no two active bookings of one resource ever overlap.
 mod booking;
+/// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
+mod keys;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod testutil;

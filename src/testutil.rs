@@ -7,8 +7,14 @@ use pgrx::prelude::*;
 
 /// SQLSTATE the statement ends with; `"00000"` when it succeeds.
 pub fn sqlstate(sql: &str) -> String {
-    Spi::run(
-        "CREATE OR REPLACE FUNCTION pg_temp.integrity_sqlstate(q text) RETURNS text
+    let exists = Spi::get_one::<bool>(
+        "SELECT to_regprocedure('pg_temp.integrity_sqlstate(text)') IS NOT NULL",
+    )
+    .expect("look up sqlstate helper")
+    .unwrap_or(false);
+    if !exists {
+        Spi::run(
+            "CREATE FUNCTION pg_temp.integrity_sqlstate(q text) RETURNS text
          LANGUAGE plpgsql AS $$
          BEGIN
            EXECUTE q;
@@ -16,8 +22,9 @@ pub fn sqlstate(sql: &str) -> String {
          EXCEPTION WHEN OTHERS THEN
            RETURN SQLSTATE;
          END $$",
-    )
-    .expect("create sqlstate helper");
+        )
+        .expect("create sqlstate helper");
+    }
     Spi::get_one_with_args::<String>("SELECT pg_temp.integrity_sqlstate($1)", &[sql.into()])
         .expect("run sqlstate helper")
         .expect("sqlstate is never NULL")
@@ -25,5 +32,8 @@ pub fn sqlstate(sql: &str) -> String {
 
 /// The jsonb a statement returns, as a serde value.
 pub fn json(sql: &str) -> serde_json::Value {
-    Spi::get_one::<pgrx::JsonB>(sql).expect("query ran").expect("query returned a value").0
+    Spi::get_one::<pgrx::JsonB>(sql)
+        .expect("query ran")
+        .expect("query returned a value")
+        .0
 }

@@ -1,0 +1,179 @@
+//! A throwaway PostgreSQL cluster for real-client tests, the demo and the
+//! benchmark: `initdb` into a fresh directory, started as the `postgres` user
+//! (Postgres refuses to run as root) on a free loopback port, stopped and
+//! removed on drop. The extension must already be installed into the server
+//! (`cargo pgrx install`); `Cluster::start()` only creates it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use postgres::{Client, NoTls};
+
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    bindir: PathBuf,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `cmd` run as the `postgres` OS user when we are root, as ourselves otherwise.
+fn as_pg_user(cmd: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+fn bindir() -> PathBuf {
+    if let Ok(d) = std::env::var("INTEGRITY_PG_BINDIR") {
+        return PathBuf::from(d);
+    }
+    let pg_config = std::env::var("PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .expect("run pg_config --bindir");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn run(mut c: Command, what: &str) {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Cluster {
+    /// A fresh cluster with `CREATE EXTENSION integrity CASCADE` done.
+    pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// A fresh cluster with extra `postgresql.conf` settings (`name=value`).
+    pub fn start_with(settings: &[&str]) -> Cluster {
+        let bindir = bindir();
+        let dir = std::env::temp_dir().join(format!(
+            "integrity-cluster-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create cluster dir");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown cluster dir",
+            );
+        }
+        let data = dir.join("data");
+        let mut initdb = as_pg_user(&bindir.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb");
+
+        let port = free_port();
+        let mut opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200",
+            dir.display()
+        );
+        for s in settings {
+            opts.push_str(&format!(" -c {s}"));
+        }
+        let mut start = as_pg_user(&bindir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(&opts)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        run(start, "pg_ctl start");
+        let cluster = Cluster { port, dir, bindir };
+        let mut c = cluster.connect();
+        c.batch_execute("CREATE EXTENSION integrity CASCADE")
+            .expect("CREATE EXTENSION integrity");
+        cluster
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.conninfo(), NoTls).expect("connect to test cluster")
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut stop = as_pg_user(&self.bindir.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = stop
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::env::var_os("INTEGRITY_KEEP_CLUSTER").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// SQLSTATE of a failed statement, or "00000".
+pub fn sqlstate<T>(r: &Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(_) => "00000".into(),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| format!("no sqlstate: {e}")),
+    }
+}
