@@ -12,7 +12,7 @@ CREATE TABLE integrity.bookings (
     updated_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     cancelled_at     timestamptz,
     cancel_reason    text,
-    rescheduled_from uuid REFERENCES integrity.bookings (id) ON DELETE SET NULL,
+    rescheduled_from uuid,
     CONSTRAINT bookings_status_check CHECK (status IN ('booked', 'cancelled')),
     CONSTRAINT bookings_during_check CHECK (
         NOT pg_catalog.isempty(during)
@@ -25,9 +25,6 @@ CREATE TABLE integrity.bookings (
         EXCLUDE USING gist (org_id WITH =, resource_id WITH =, during WITH &&)
         WHERE (status = 'booked')
 );
-
-CREATE INDEX bookings_rescheduled_from_idx ON integrity.bookings (rescheduled_from)
-    WHERE rescheduled_from IS NOT NULL;
 
 COMMENT ON TABLE integrity.bookings IS
 'Bookings of a resource (staff member, room, …) per tenant. The exclusion constraint bookings_no_overlap guarantees that active (status = booked) bookings of one (org_id, resource_id) never overlap. Write through integrity.book / cancel / reschedule.';

@@ -2,22 +2,27 @@
 //! isolation level and under any concurrency; conflicts come back as data.
 //!
 //! How the guarantee is made:
-//! 1. Every writer serialises on a transaction-scoped advisory lock keyed
-//!    `integrity.lock_key('booking', org_id::text, resource_id::text)`, so
-//!    overlapping requests with different start times still queue, and under
-//!    READ COMMITTED each statement after the lock sees every committed booking.
-//! 2. The insert is `INSERT … ON CONFLICT DO NOTHING` against the exclusion
-//!    constraint `bookings_no_overlap`: one GiST probe both checks the slot and
-//!    claims it. No row back means the slot is taken, answered as
-//!    `{"ok":false,"reason":"slot_taken","conflicts":[…]}`, never as 23P01.
-//! 3. Under REPEATABLE READ / SERIALIZABLE the snapshot predates the lock, so
-//!    an overlapping booking committed meanwhile is invisible; Postgres then
-//!    raises 40001 from the ON CONFLICT check, and the client retries. An
-//!    overlap is never written.
+//! 1. The claim is `INSERT … ON CONFLICT DO NOTHING` against the exclusion
+//!    constraint `bookings_no_overlap`: one GiST probe checks the slot and the
+//!    insert claims it. A request overlapping another one still in flight
+//!    waits on that row's transaction (overlapping requests serialise, with
+//!    different start times too), then sees it. No row back means the slot is
+//!    taken, answered as `{"ok":false,"reason":"slot_taken","conflicts":[…]}`,
+//!    never as 23P01.
+//! 2. Under REPEATABLE READ / SERIALIZABLE the snapshot predates the request,
+//!    so a booking committed meanwhile is invisible; Postgres then raises
+//!    40001 from the ON CONFLICT check and the client retries. An overlap is
+//!    never written.
+//! 3. Every writer takes the transaction-scoped advisory lock
+//!    `integrity.lock_key('booking', org_id::text, resource_id::text)`:
+//!    `book` in SHARE mode, so bookings of different times on one resource
+//!    do not queue behind each other's commits; `reschedule`, `wait => false`
+//!    and application code take it EXCLUSIVE to have the resource to
+//!    themselves (`wait => false` answers `busy` instead of waiting).
 
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
-use crate::jsonb::JsonbText;
+use crate::jsonb::Jsonb;
 use crate::keys::lock_key_of;
 use crate::plans::{plan, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
@@ -245,7 +250,7 @@ fn check_finite(
     t
 }
 
-fn check_metadata(f: &'static str, m: Option<JsonbText>) -> JsonbText {
+fn check_metadata(f: &'static str, m: Option<Jsonb>) -> Jsonb {
     let m = match m {
         Some(m) => m,
         None => raise(
@@ -255,11 +260,15 @@ fn check_metadata(f: &'static str, m: Option<JsonbText>) -> JsonbText {
             "Omit metadata or pass '{}' for none.",
         ),
     };
-    if !m.0.starts_with('{') {
+    let kind = m.type_name();
+    if kind != "object" {
         raise(
             Kind::InvalidParameter,
             f,
-            format!("metadata must be a JSON object, got {}", truncate(&m.0, 60)),
+            format!(
+                "metadata must be a JSON object, got {kind} {}",
+                truncate(&m.text(), 60)
+            ),
             "Pass an object such as '{\"source\": \"web\"}'.",
         );
     }
@@ -284,28 +293,47 @@ pub fn resource_lock_key(org_id: Uuid, resource_id: Uuid) -> i64 {
     lock_key_of([&b"booking"[..], org.as_bytes(), res.as_bytes()])
 }
 
-/// Take the resource's transaction-scoped lock; `false` when `wait` is off
-/// and another transaction holds it.
-fn lock_resource(org_id: Uuid, resource_id: Uuid, wait: bool) -> bool {
+/// How a caller takes the resource lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    /// `book`: bookings of one resource do not queue behind each other;
+    /// overlapping ones serialise on the exclusion constraint's index entry.
+    SharedWait,
+    /// `reschedule`: the resource to itself while it moves a booking.
+    ExclusiveWait,
+    /// `wait => false`: the resource to itself now, or `busy`.
+    ExclusiveTry,
+}
+
+/// Take the resource's transaction-scoped advisory lock; `false` only for
+/// `ExclusiveTry` when another transaction holds it in any mode.
+fn lock_resource(org_id: Uuid, resource_id: Uuid, mode: LockMode) -> bool {
     let key = resource_lock_key(org_id, resource_id).into_datum();
-    // SAFETY: both are builtin fmgr functions taking one int8.
+    // SAFETY: builtin fmgr functions taking one int8.
     unsafe {
-        if wait {
-            direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int8, &[key]);
-            true
-        } else {
-            direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key])
-                .unwrap_or(false)
+        match mode {
+            LockMode::SharedWait => {
+                direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_shared_int8, &[key]);
+                true
+            }
+            LockMode::ExclusiveWait => {
+                direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int8, &[key]);
+                true
+            }
+            LockMode::ExclusiveTry => {
+                direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key])
+                    .unwrap_or(false)
+            }
         }
     }
 }
 
-fn busy() -> JsonbText {
-    JsonbText(r#"{"ok": false, "reason": "busy"}"#.to_string())
+fn busy() -> Jsonb {
+    outcome("busy")
 }
 
-fn outcome(r: &str) -> JsonbText {
-    JsonbText(format!(r#"{{"ok": false, "reason": "{r}"}}"#))
+fn outcome(r: &str) -> Jsonb {
+    Jsonb::from_text(&format!(r#"{{"ok": false, "reason": "{r}"}}"#))
 }
 
 /// Run a kept statement and return the jsonb in the first column of its first row.
@@ -313,13 +341,17 @@ fn one_json(
     client: &mut SpiClient<'_>,
     stmt: &'static Stmt,
     args: &[DatumWithOid<'_>],
-) -> Option<JsonbText> {
+) -> Option<Jsonb> {
     let p = plan(client, stmt);
     let table = client.update(&*p, Some(1), args).or_bug(stmt.sql);
     if table.is_empty() {
         return None;
     }
-    table.first().get_one::<JsonbText>().or_bug(stmt.sql)
+    table
+        .first()
+        .get_datum_by_ordinal(1)
+        .or_bug(stmt.sql)
+        .map(Jsonb::from_spi)
 }
 
 fn conflicts(
@@ -329,7 +361,7 @@ fn conflicts(
     starts_at: TimestampWithTimeZone,
     duration: Interval,
     except: Option<Uuid>,
-) -> Option<JsonbText> {
+) -> Option<Jsonb> {
     one_json(
         client,
         &CONFLICTS,
@@ -345,8 +377,8 @@ fn conflicts(
 
 /// `slot_taken` when the exclusion constraint refused a row our own query
 /// cannot see the conflict for (it was removed again meanwhile).
-fn taken_without_details() -> JsonbText {
-    JsonbText(r#"{"ok": false, "reason": "slot_taken", "conflicts": []}"#.into())
+fn taken_without_details() -> Jsonb {
+    Jsonb::from_text(r#"{"ok": false, "reason": "slot_taken", "conflicts": []}"#)
 }
 
 // ---------------------------------------------------------------------------
@@ -362,9 +394,9 @@ fn book(
     starts_at: Option<TimestampWithTimeZone>,
     duration: Option<Interval>,
     contact_id: default!(Option<Uuid>, "NULL"),
-    metadata: default!(Option<JsonbText>, "'{}'"),
+    metadata: default!(Option<Jsonb>, "'{}'"),
     wait: default!(Option<bool>, true),
-) -> JsonbText {
+) -> Jsonb {
     const F: &str = "integrity.book";
     let org_id = required(org_id, F, "org_id");
     let resource_id = required(resource_id, F, "resource_id");
@@ -373,7 +405,12 @@ fn book(
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
 
-    if !lock_resource(org_id, resource_id, wait) {
+    let mode = if wait {
+        LockMode::SharedWait
+    } else {
+        LockMode::ExclusiveTry
+    };
+    if !lock_resource(org_id, resource_id, mode) {
         return busy();
     }
     Spi::connect_mut(|client| {
@@ -400,7 +437,7 @@ fn book(
 /// Cancel a booking (soft delete): it stops holding its slot.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn cancel(booking_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> JsonbText {
+fn cancel(booking_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> Jsonb {
     const F: &str = "integrity.cancel";
     let booking_id = required(booking_id, F, "booking_id");
     Spi::connect_mut(|client| {
@@ -429,7 +466,7 @@ fn reschedule(
     new_starts_at: Option<TimestampWithTimeZone>,
     new_duration: default!(Option<Interval>, "NULL"),
     wait: default!(Option<bool>, true),
-) -> JsonbText {
+) -> Jsonb {
     const F: &str = "integrity.reschedule";
     let booking_id = required(booking_id, F, "booking_id");
     let new_starts_at = check_finite(
@@ -442,7 +479,8 @@ fn reschedule(
 
     Spi::connect_mut(|client| {
         // Resource lock before row lock, the same order `book` + `cancel` in
-        // one transaction take them, so the two cannot deadlock each other.
+        // one transaction take them. Exclusive: no booking of this resource is
+        // in flight while the old one gives way and the new one is claimed.
         let p = plan(client, &FIND_BOOKING);
         let found = client
             .select(&*p, Some(1), &[booking_id.into()])
@@ -457,7 +495,12 @@ fn reschedule(
         let (Some(org_id), Some(resource_id)) = (org, res) else {
             return outcome("not_found");
         };
-        if !lock_resource(org_id, resource_id, wait) {
+        let mode = if wait {
+            LockMode::ExclusiveWait
+        } else {
+            LockMode::ExclusiveTry
+        };
+        if !lock_resource(org_id, resource_id, mode) {
             return busy();
         }
 
@@ -479,8 +522,9 @@ fn reschedule(
             return outcome("not_found");
         };
 
-        // Under our lock this sees every booking made through integrity.*
-        // (READ COMMITTED); the ON CONFLICT below covers everything else.
+        // Under the exclusive lock this sees every booking made through
+        // integrity.* (READ COMMITTED); the ON CONFLICT below covers writers
+        // that bypass the lock and stale snapshots (40001).
         if let Some(taken) = conflicts(
             client,
             org_id,

@@ -11,7 +11,7 @@
 //!   equal fingerprint.
 
 use crate::errors::{raise, required, Kind};
-use crate::jsonb::JsonbText;
+use crate::jsonb::Jsonb;
 use pgrx::prelude::*;
 use siphasher::sip::SipHasher24;
 use siphasher::sip128::{Hasher128, SipHasher24 as SipHasher24_128};
@@ -86,9 +86,9 @@ fn lock_key(parts: Option<VariadicArray<'_, &str>>) -> i64 {
 /// Stable fingerprint of a JSON request: equal jsonb gives an equal value.
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
-fn fingerprint(request: Option<JsonbText>) -> String {
+fn fingerprint(request: Option<Jsonb>) -> String {
     let request = required(request, "integrity.fingerprint", "request");
-    fingerprint_of(request.0.as_bytes())
+    fingerprint_of(request.text().as_bytes())
 }
 
 #[cfg(test)]

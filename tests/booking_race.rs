@@ -75,7 +75,7 @@ fn client_run(cluster_conninfo: String, level: &'static str, seed: u64) -> Tally
         let at = format!("2026-12-01 08:00+00'::timestamptz + '{start_min} min");
         let own: Vec<String> = t.active.iter().cloned().collect();
         if roll < 75 || own.is_empty() {
-            let wait = roll >= 65;
+            let wait = !(65..75).contains(&roll); // 10% of attempts will not wait
             let res = resource(rng.gen_range(0..RESOURCES));
             let v = call(
                 &mut c,
