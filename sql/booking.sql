@@ -58,6 +58,7 @@ CREATE INDEX booking_events_booking_idx ON integrity.booking_events (booking_id)
 
 COMMENT ON TABLE integrity.booking_events IS
 'Audit trail of changes to bookings after they were made: cancellations and reschedules, written in the same transaction as the change.';
+COMMENT ON COLUMN integrity.booking_events.id IS 'Event id, in the order events were written.';
 COMMENT ON COLUMN integrity.booking_events.booking_id IS 'The booking that changed (for a reschedule: the old booking).';
 COMMENT ON COLUMN integrity.booking_events.org_id IS 'Tenant of the booking.';
 COMMENT ON COLUMN integrity.booking_events.event IS 'cancelled or rescheduled.';
