@@ -14,7 +14,7 @@
 //!
 //!   cargo run --release --features client --example bench [-- SECONDS]
 //!   env: BENCH_SECONDS per run (default 4), BENCH_ROUNDS (default 3),
-//!        BENCH_CLIENTS (default "1,8,32"),
+//!        BENCH_CLIENTS (default "1,8,32"), BENCH_RESOURCES (default "1,100"),
 //!        BENCH_SETTINGS (extra postgresql.conf, e.g. "fsync=off")
 //!
 //! Each cell runs (a), (b), (c) BENCH_ROUNDS times, interleaved in rotating
@@ -78,6 +78,7 @@ struct Outcome {
     booked: u64,
     taken: u64,
     busy: u64,
+    deadlocks: u64,
     latencies_us: Vec<u32>,
 }
 
@@ -131,6 +132,7 @@ fn client(
 }
 
 struct Row {
+    deadlocks: u64,
     req_per_s: f64,
     booked_per_s: f64,
     latencies_us: Vec<u32>,
@@ -188,6 +190,7 @@ fn measure(
         .collect();
     let booked: u64 = outs.iter().map(|o| o.booked).sum();
     Row {
+        deadlocks: outs.iter().map(|o| o.deadlocks).sum(),
         req_per_s: lat.len() as f64 / elapsed,
         booked_per_s: booked as f64 / elapsed,
         latencies_us: lat,
@@ -196,6 +199,7 @@ fn measure(
 }
 
 struct Cell {
+    deadlocks: u64,
     req_per_s: f64,
     booked_per_s: f64,
     p50_ms: f64,
@@ -231,6 +235,7 @@ fn cell(cluster: &Cluster, clients: usize, resources: u32, secs: f64, rounds: us
             lat.sort_unstable();
             let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
             Cell {
+                deadlocks: rows.iter().map(|r| r.deadlocks).sum(),
                 req_per_s: median(rows.iter().map(|r| r.req_per_s).collect()),
                 booked_per_s: median(rows.iter().map(|r| r.booked_per_s).collect()),
                 p50_ms: pct(0.50),
@@ -284,7 +289,16 @@ fn main() {
     let mut worst_ab = f64::INFINITY;
     let mut worst_ac = f64::INFINITY;
     let mut any_overlap_ab = 0;
-    for (label, resources) in [("1 (hot)", 1u32), ("100", 100u32)] {
+    let mut deadlocks = [0u64; 3];
+    let scenarios: Vec<(&str, u32)> = [("1 (hot)", 1u32), ("100", 100u32)]
+        .into_iter()
+        .filter(|(_, r)| {
+            std::env::var("BENCH_RESOURCES")
+                .map(|v| v.split(',').any(|x| x.trim() == r.to_string()))
+                .unwrap_or(true)
+        })
+        .collect();
+    for (label, resources) in scenarios {
         for &n in &clients {
             let rows = cell(&cluster, n, resources, secs, rounds);
             for (approach, r) in [
@@ -312,6 +326,9 @@ fn main() {
             worst_ab = worst_ab.min(ab);
             worst_ac = worst_ac.min(ac);
             any_overlap_ab += rows[0].overlaps + rows[1].overlaps;
+            for (d, r) in deadlocks.iter_mut().zip(&rows) {
+                *d += r.deadlocks;
+            }
             println!(
                 "{:<10} {:>3}  ratio a/b = {ab:.2}   ratio a/c = {ac:.2}",
                 label, n
@@ -319,6 +336,8 @@ fn main() {
         }
     }
     println!(
-        "summary: worst a/b = {worst_ab:.2}, worst a/c = {worst_ac:.2}, overlaps in (a)+(b) = {any_overlap_ab}"
+        "summary: worst a/b = {worst_ab:.2}, worst a/c = {worst_ac:.2}, overlaps in (a)+(b) = {any_overlap_ab}, \
+         deadlocks (40P01) a/b/c = {}/{}/{}",
+        deadlocks[0], deadlocks[1], deadlocks[2]
     );
 }

@@ -8,3 +8,14 @@ COMMENT ON FUNCTION integrity.slot_available(uuid, uuid, timestamptz, interval) 
 'true when no active booking of the resource overlaps [starts_at, starts_at + duration). A hint for UIs: only integrity.book claims a slot.';
 COMMENT ON FUNCTION integrity.free_slots(uuid, uuid, tstzrange, interval) IS
 'The slot-sized ranges [s, s + slot), aligned to the window''s lower bound and inside the window, that overlap no active booking, in order. More than integrity.max_slots candidates is refused with 22023.';
+
+-- The functions' statements are planned once per backend and kept. A plan
+-- made while the table was empty (a fresh install, a TRUNCATE + ANALYZE)
+-- would be a sequential scan kept for the connection's life, and the
+-- overlap checks would slow down as the table grows. Index access is always
+-- right for them, so the planner is told to avoid sequential scans here.
+ALTER FUNCTION integrity.book(uuid, uuid, timestamptz, interval, uuid, jsonb, boolean) SET enable_seqscan = off;
+ALTER FUNCTION integrity.cancel(uuid, text) SET enable_seqscan = off;
+ALTER FUNCTION integrity.reschedule(uuid, timestamptz, interval, boolean) SET enable_seqscan = off;
+ALTER FUNCTION integrity.slot_available(uuid, uuid, timestamptz, interval) SET enable_seqscan = off;
+ALTER FUNCTION integrity.free_slots(uuid, uuid, tstzrange, interval) SET enable_seqscan = off;
