@@ -2,23 +2,29 @@
 //! isolation level and under any concurrency; conflicts come back as data.
 //!
 //! How the guarantee is made:
-//! 1. The claim is `INSERT … ON CONFLICT DO NOTHING` against the exclusion
-//!    constraint `bookings_no_overlap`: one GiST probe checks the slot and the
-//!    insert claims it. A request overlapping another one still in flight
-//!    waits on that row's transaction (overlapping requests serialise, with
-//!    different start times too), then sees it. No row back means the slot is
-//!    taken, answered as `{"ok":false,"reason":"slot_taken","conflicts":[…]}`,
-//!    never as 23P01.
-//! 2. Under REPEATABLE READ / SERIALIZABLE the snapshot predates the request,
-//!    so a booking committed meanwhile is invisible; Postgres then raises
-//!    40001 from the ON CONFLICT check and the client retries. An overlap is
-//!    never written.
-//! 3. Every writer takes the transaction-scoped advisory lock
-//!    `integrity.lock_key('booking', org_id::text, resource_id::text)`:
-//!    `book` in SHARE mode, so bookings of different times on one resource
-//!    do not queue behind each other's commits; `reschedule`, `wait => false`
-//!    and application code take it EXCLUSIVE to have the resource to
-//!    themselves (`wait => false` answers `busy` instead of waiting).
+//! 1. Writers lock before they look. `book` takes the resource's advisory
+//!    lock `integrity.lock_key('booking', org_id::text, resource_id::text)`
+//!    in SHARE mode and, under READ COMMITTED, an EXCLUSIVE lock on each hour
+//!    of the resource its booking touches (ascending, so bookers never
+//!    deadlock). Overlapping requests share an hour and queue, whatever their
+//!    start times; requests for other hours run in parallel. `wait => false`,
+//!    `reschedule` and application code take the resource lock EXCLUSIVE
+//!    instead (`wait => false` answers `busy` rather than waiting).
+//! 2. Holding those locks under READ COMMITTED, the claim is
+//!    `INSERT … WHERE NOT EXISTS (overlap)` through the GiST index: the
+//!    statement's snapshot is taken after the locks, so it sees every
+//!    committed booking and no overlapping one is in flight.
+//! 3. Where that does not hold (REPEATABLE READ / SERIALIZABLE, whose
+//!    snapshot predates the locks; bookings longer than a day; a transaction
+//!    past its budget of hour locks) the claim is `INSERT … ON CONFLICT DO
+//!    NOTHING` against the exclusion constraint: an in-flight overlapping
+//!    booking makes it wait and then see the conflict, and a conflict the
+//!    snapshot cannot see raises 40001 for the client to retry.
+//! 4. The exclusion constraint `bookings_no_overlap` is the last line of
+//!    defence for whatever writes the table without our locks.
+//!
+//! A claim that finds the slot taken answers
+//! `{"ok":false,"reason":"slot_taken","conflicts":[…]}`, never 23P01.
 
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
@@ -57,11 +63,36 @@ const JSONB: Oid = pg_sys::JSONBOID;
 const TEXT: Oid = pg_sys::TEXTOID;
 
 /// Claims the slot, or returns no row when an active booking overlaps it.
+/// Used where our locks do not make check-then-insert exact (see
+/// `claim_locks`): the exclusion constraint arbitrates, waiting for an
+/// in-flight overlapping booking, and raises 40001 for a conflict an old
+/// snapshot cannot see, instead of letting 23P01 escape.
 static INSERT_BOOKING: Stmt = Stmt {
     sql: "INSERT INTO integrity.bookings AS b
               (org_id, resource_id, contact_id, during, metadata)
           VALUES ($1, $2, $5, pg_catalog.tstzrange($3, $3 + $4, '[)'), $6)
           ON CONFLICT DO NOTHING
+          RETURNING pg_catalog.jsonb_build_object(
+              'ok', true, 'booking_id', b.id,
+              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))",
+    args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
+    writes: true,
+};
+
+/// The exact claim: under our locks (see `claim_locks`) no other booking
+/// through integrity.* can be in flight for an overlapping time, and this
+/// statement's snapshot, taken after the locks, sees every committed one.
+/// So a plain insert guarded by NOT EXISTS is exact, and it costs a third
+/// less than the speculative insertion of ON CONFLICT.
+static INSERT_IF_FREE: Stmt = Stmt {
+    sql: "INSERT INTO integrity.bookings AS b
+              (org_id, resource_id, contact_id, during, metadata)
+          SELECT $1, $2, $5, r.span, $6
+          FROM (SELECT pg_catalog.tstzrange($3, $3 + $4, '[)') AS span) r
+          WHERE NOT EXISTS (
+              SELECT 1 FROM integrity.bookings o
+              WHERE o.org_id = $1 AND o.resource_id = $2 AND o.status = 'booked'
+                AND o.during OPERATOR(pg_catalog.&&) r.span)
           RETURNING pg_catalog.jsonb_build_object(
               'ok', true, 'booking_id', b.id,
               'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))",
@@ -293,39 +324,133 @@ pub fn resource_lock_key(org_id: Uuid, resource_id: Uuid) -> i64 {
     lock_key_of([&b"booking"[..], org.as_bytes(), res.as_bytes()])
 }
 
-/// How a caller takes the resource lock.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum LockMode {
-    /// `book`: bookings of one resource do not queue behind each other;
-    /// overlapping ones serialise on the exclusion constraint's index entry.
-    SharedWait,
-    /// `reschedule`: the resource to itself while it moves a booking.
-    ExclusiveWait,
-    /// `wait => false`: the resource to itself now, or `busy`.
-    ExclusiveTry,
+/// Width of the slot locks, in microseconds: one hour.
+const SLOT_LOCK_US: i128 = 3_600_000_000;
+/// Most slot locks one booking takes; a longer booking claims without them.
+const MAX_SLOT_LOCKS: i128 = 26;
+/// Most slot locks one transaction takes. Each is held to the end of the
+/// transaction, so a bulk load of thousands of bookings in one transaction
+/// would fill the shared lock table; past this it claims without them.
+const MAX_SLOT_LOCKS_PER_XACT: u32 = 64;
+
+thread_local! {
+    /// (local transaction id, slot locks it holds) for this backend.
+    static SLOT_LOCKS_HELD: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// Take the resource's transaction-scoped advisory lock; `false` only for
-/// `ExclusiveTry` when another transaction holds it in any mode.
-fn lock_resource(org_id: Uuid, resource_id: Uuid, mode: LockMode) -> bool {
-    let key = resource_lock_key(org_id, resource_id).into_datum();
+/// The advisory-lock key of one hour-wide slot of a resource.
+fn slot_lock_key(org: &str, res: &str, hour: i128) -> i64 {
+    let hour = hour.to_string();
+    lock_key_of([
+        &b"booking-slot"[..],
+        org.as_bytes(),
+        res.as_bytes(),
+        hour.as_bytes(),
+    ])
+}
+
+fn advisory_lock(key: i64, shared: bool) {
+    let f = if shared {
+        pg_sys::pg_advisory_xact_lock_shared_int8
+    } else {
+        pg_sys::pg_advisory_xact_lock_int8
+    };
     // SAFETY: builtin fmgr functions taking one int8.
+    unsafe { direct_function_call_as_datum(f, &[key.into_datum()]) };
+}
+
+fn advisory_try_lock(key: i64) -> bool {
+    // SAFETY: builtin fmgr function taking one int8.
     unsafe {
-        match mode {
-            LockMode::SharedWait => {
-                direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_shared_int8, &[key]);
-                true
-            }
-            LockMode::ExclusiveWait => {
-                direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int8, &[key]);
-                true
-            }
-            LockMode::ExclusiveTry => {
-                direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key])
-                    .unwrap_or(false)
-            }
-        }
+        direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key.into_datum()])
     }
+    .unwrap_or(false)
+}
+
+/// Whether this transaction reads from one snapshot taken at its start
+/// (REPEATABLE READ, SERIALIZABLE): then a check made after our locks can
+/// still miss a booking committed before them.
+fn snapshot_predates_locks() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// Reserve `n` slot locks in this transaction's budget.
+fn slot_lock_budget(n: u32) -> bool {
+    // SAFETY: MyProc is this backend's PGPROC, set for the backend's life.
+    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    SLOT_LOCKS_HELD.with(|held| {
+        let (x, count) = held.get();
+        let count = if x == lxid { count } else { 0 };
+        let ok = count + n <= MAX_SLOT_LOCKS_PER_XACT;
+        held.set((lxid, if ok { count + n } else { count }));
+        ok
+    })
+}
+
+/// How `book` may claim, given the locks it took.
+enum Claim {
+    /// Another transaction holds the resource and the caller won't wait.
+    Busy,
+    /// No other booking through integrity.* can overlap while we hold our
+    /// locks, and our next snapshot sees every committed one:
+    /// check-then-insert (`INSERT_IF_FREE`) is exact.
+    Exact,
+    /// Overlapping bookings may be in flight, or our snapshot is older than
+    /// our locks: the exclusion constraint decides (`INSERT_BOOKING`).
+    Arbitrated,
+}
+
+/// Take the locks for a booking and say how it may claim.
+///
+/// * `wait => false`: the resource lock EXCLUSIVE, tried once. Holding it,
+///   no other booking of the resource is in flight.
+/// * otherwise the resource lock in SHARE mode (so whoever holds it
+///   EXCLUSIVE, `reschedule` or an application, keeps bookings out) and,
+///   under READ COMMITTED, EXCLUSIVE locks on every hour of the resource the
+///   booking touches, in ascending order (bookers never deadlock). Two
+///   overlapping bookings share at least one hour, so they queue; bookings of
+///   different hours do not. A booking longer than `MAX_SLOT_LOCKS` hours, or
+///   one past the transaction's slot-lock budget, skips the hour locks and is
+///   arbitrated by the exclusion constraint instead.
+fn claim_locks(
+    org_id: Uuid,
+    resource_id: Uuid,
+    starts_at: TimestampWithTimeZone,
+    duration: Interval,
+    wait: bool,
+) -> Claim {
+    let resource_key = resource_lock_key(org_id, resource_id);
+    let exact = !snapshot_predates_locks();
+    if !wait {
+        return match (advisory_try_lock(resource_key), exact) {
+            (false, _) => Claim::Busy,
+            (true, true) => Claim::Exact,
+            (true, false) => Claim::Arbitrated,
+        };
+    }
+    advisory_lock(resource_key, true);
+    if !exact {
+        return Claim::Arbitrated;
+    }
+    // The end Postgres computes (`starts_at + duration`, calendar-aware) is
+    // at most this far: a month is at most 31 days, a day at most 25 hours.
+    const HOUR: i128 = 3_600_000_000;
+    let start = i64::from(starts_at) as i128;
+    let span = duration.months() as i128 * 31 * 24 * HOUR
+        + duration.days() as i128 * 25 * HOUR
+        + duration.micros() as i128;
+    let first = start.div_euclid(SLOT_LOCK_US);
+    let last = (start + span - 1).div_euclid(SLOT_LOCK_US);
+    let n = last - first + 1;
+    if n > MAX_SLOT_LOCKS || !slot_lock_budget(n as u32) {
+        return Claim::Arbitrated;
+    }
+    let (org, res) = (org_id.to_string(), resource_id.to_string());
+    for hour in first..=last {
+        advisory_lock(slot_lock_key(&org, &res, hour), false);
+    }
+    Claim::Exact
 }
 
 fn busy() -> Jsonb {
@@ -405,18 +530,15 @@ fn book(
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
 
-    let mode = if wait {
-        LockMode::SharedWait
-    } else {
-        LockMode::ExclusiveTry
+    let claim = match claim_locks(org_id, resource_id, starts_at, duration, wait) {
+        Claim::Busy => return busy(),
+        Claim::Exact => &INSERT_IF_FREE,
+        Claim::Arbitrated => &INSERT_BOOKING,
     };
-    if !lock_resource(org_id, resource_id, mode) {
-        return busy();
-    }
     Spi::connect_mut(|client| {
         let inserted = one_json(
             client,
-            &INSERT_BOOKING,
+            claim,
             &[
                 org_id.into(),
                 resource_id.into(),
@@ -495,12 +617,10 @@ fn reschedule(
         let (Some(org_id), Some(resource_id)) = (org, res) else {
             return outcome("not_found");
         };
-        let mode = if wait {
-            LockMode::ExclusiveWait
-        } else {
-            LockMode::ExclusiveTry
-        };
-        if !lock_resource(org_id, resource_id, mode) {
+        let key = resource_lock_key(org_id, resource_id);
+        if wait {
+            advisory_lock(key, false);
+        } else if !advisory_try_lock(key) {
             return busy();
         }
 
@@ -771,6 +891,30 @@ mod tests {
         ));
         assert_eq!(stored["m"]["src"], "web");
         assert_eq!(stored["c"], "00000000-0000-0000-0000-0000000000cc");
+    }
+
+    #[pg_test]
+    fn one_transaction_can_book_thousands() {
+        // Hour locks are held to the end of the transaction; past the
+        // per-transaction budget book() claims without them instead of
+        // filling the shared lock table ("out of shared memory").
+        let n = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FILTER (WHERE (integrity.book('{ORG}', '{RES}',
+                 '2026-01-01 00:00+00'::timestamptz + g * interval '90 minutes', '1 hour'))->>'ok' = 'true')
+             FROM generate_series(1, 3000) g"
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(n, 3000);
+        let held = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(held <= 64 + 2, "advisory locks held: {held}");
+        // Overlaps are still refused on the arbitrated path.
+        let again = book(ORG, RES, "2026-01-01 01:30+00", "30 minutes");
+        assert_eq!(again["reason"], "slot_taken");
     }
 
     #[pg_test]

@@ -97,6 +97,8 @@ SELECT p.proname, obj_description(p.oid, 'pg_proc') IS NOT NULL AS has_comment,
 FROM pg_proc p WHERE p.pronamespace = 'integrity'::regnamespace ORDER BY 1;
 SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS has_comment
 FROM pg_class c WHERE c.relnamespace = 'integrity'::regnamespace AND c.relkind IN ('r', 'v') ORDER BY 1;
+SELECT t.typname, obj_description(t.oid, 'pg_type') IS NOT NULL AS has_comment
+FROM pg_type t WHERE t.typnamespace = 'integrity'::regnamespace AND t.typtype = 'd' ORDER BY 1;
 SELECT count(*) AS uncommented_columns
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 WHERE c.relnamespace = 'integrity'::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped

@@ -126,6 +126,11 @@ impl Cluster {
             .arg("-l")
             .arg(dir.join("server.log"))
             .args(["-w", "-t", "60", "start"]);
+        // The server runs as it would in production: no Rust backtraces in
+        // error details, whatever our own environment says.
+        start
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
         run(start, "pg_ctl start");
         let cluster = Cluster { port, dir, bindir };
         let mut c = cluster.connect();
