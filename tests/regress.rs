@@ -29,16 +29,8 @@ fn golden_sql_files_match() {
     c.batch_execute("CREATE DATABASE integrity_regress")
         .unwrap();
 
-    let pg_config = std::env::var("PG_CONFIG")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
-    let pkglibdir = Command::new(&pg_config)
-        .arg("--pkglibdir")
-        .output()
-        .expect("pg_config --pkglibdir");
-    let pkglibdir = String::from_utf8_lossy(&pkglibdir.stdout)
-        .trim()
-        .to_string();
-    let pg_regress = PathBuf::from(pkglibdir).join("pgxs/src/test/regress/pg_regress");
+    let pkglibdir = common::pg_config("--pkglibdir");
+    let pg_regress = pkglibdir.join("pgxs/src/test/regress/pg_regress");
     let outdir = root.join("target/regress");
     std::fs::create_dir_all(&outdir).unwrap();
 

@@ -38,17 +38,22 @@ fn as_pg_user(cmd: &Path) -> Command {
     }
 }
 
-fn bindir() -> PathBuf {
-    if let Ok(d) = std::env::var("INTEGRITY_PG_BINDIR") {
-        return PathBuf::from(d);
-    }
+/// `pg_config ARG` of the server under test (`PG_CONFIG`, default Debian's 15).
+pub fn pg_config(arg: &str) -> PathBuf {
     let pg_config = std::env::var("PG_CONFIG")
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
     let out = Command::new(&pg_config)
-        .arg("--bindir")
+        .arg(arg)
         .output()
-        .expect("run pg_config --bindir");
+        .unwrap_or_else(|e| panic!("run {pg_config} {arg}: {e}"));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn bindir() -> PathBuf {
+    match std::env::var("INTEGRITY_PG_BINDIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => pg_config("--bindir"),
+    }
 }
 
 fn free_port() -> u16 {
