@@ -1055,157 +1055,155 @@ mod tests {
         assert_eq!(n, 2);
     }
 
+    /// Each statement and the SQLSTATE it must end with ("00000": success).
+    fn expect_sqlstates(cases: &[(String, &str)]) {
+        for (sql, want) in cases {
+            assert_eq!(sqlstate(sql), *want, "{sql}");
+        }
+    }
+
     #[pg_test]
     fn bad_input_gets_a_clear_sqlstate() {
-        let b = |args: &str| sqlstate(&format!("SELECT integrity.book({args})"));
-        let ok_args = format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', '30 min'");
-        assert_eq!(b(&ok_args), "00000");
-        assert_eq!(
-            b(&format!("NULL, '{RES}', '2026-12-01 10:00+00', '30 min'")),
-            "22004"
-        );
-        assert_eq!(
-            b(&format!("'{ORG}', NULL, '2026-12-01 10:00+00', '30 min'")),
-            "22004"
-        );
-        assert_eq!(b(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004");
-        assert_eq!(
-            b(&format!("'{ORG}', '{RES}', '2026-12-01 10:00+00', NULL")),
-            "22004"
-        );
-        assert_eq!(b(&format!("{ok_args}, metadata => NULL")), "22004");
-        assert_eq!(b(&format!("{ok_args}, wait => NULL")), "22004");
-        assert_eq!(b(&format!("{ok_args}, metadata => '[1]'")), "22023");
-        assert_eq!(b(&format!("{ok_args}, metadata => '{{bad'")), "22P02");
-        assert_eq!(
-            b(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '0 min'")),
-            "22023"
-        );
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '2026-12-02 10:00+00', '-30 min'"
-            )),
-            "22023"
-        );
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'"
-            )),
-            "00000"
-        );
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '2026-12-03 10:00+00', '25 hours'"
-            )),
-            "22023"
-        );
-        assert_eq!(
-            b(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1 mon'")),
-            "22023"
-        );
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '2026-12-03 10:00+00', '1000000 years'"
-            )),
-            "22023"
-        );
-        assert_eq!(
-            b(&format!("'{ORG}', '{RES}', 'infinity', '30 min'")),
-            "22008"
-        );
-        assert_eq!(
-            b(&format!("'{ORG}', '{RES}', '-infinity', '30 min'")),
-            "22008"
-        );
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'"
-            )),
-            "22008"
-        );
-        assert_eq!(
-            b(&format!(
-                "'not-a-uuid', '{RES}', '2026-12-01 10:00+00', '30 min'"
-            )),
-            "22P02"
-        );
-        // The limit is a GUC.
-        Spi::run("SET LOCAL integrity.max_booking_duration = '48h'").unwrap();
-        assert_eq!(
-            b(&format!(
-                "'{ORG}', '{RES}', '2026-12-05 10:00+00', '25 hours'"
-            )),
-            "00000"
-        );
-
-        assert_eq!(sqlstate("SELECT integrity.cancel(NULL)"), "22004");
-        assert_eq!(
-            sqlstate("SELECT integrity.reschedule(NULL, now())"),
-            "22004"
-        );
+        let book = |args: &str| format!("SELECT integrity.book({args})");
+        let at = "'2026-12-01 10:00+00'";
+        let ok_args = format!("'{ORG}', '{RES}', {at}, '30 min'");
         let any = "00000000-0000-0000-0000-0000000000ff";
-        assert_eq!(
-            sqlstate(&format!("SELECT integrity.reschedule('{any}', NULL)")),
-            "22004"
-        );
-        assert_eq!(
-            sqlstate(&format!("SELECT integrity.reschedule('{any}', 'infinity')")),
-            "22008"
-        );
-        assert_eq!(
-            sqlstate(&format!(
-                "SELECT integrity.reschedule('{any}', now(), '-1 hour')"
-            )),
-            "22023"
-        );
-        assert_eq!(
-            sqlstate(&format!(
-                "SELECT integrity.reschedule('{any}', now(), wait => NULL)"
-            )),
-            "22004"
-        );
-
-        let sa = |args: &str| sqlstate(&format!("SELECT integrity.slot_available({args})"));
-        assert_eq!(sa(&format!("NULL, '{RES}', now(), '1 hour'")), "22004");
-        assert_eq!(sa(&format!("'{ORG}', '{RES}', now(), '0 s'")), "22023");
-        assert_eq!(
-            sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")),
-            "22008"
-        );
-
-        let fs = |args: &str| sqlstate(&format!("SELECT * FROM integrity.free_slots({args})"));
+        let sa = |args: &str| format!("SELECT integrity.slot_available({args})");
+        let fs = |args: &str| format!("SELECT * FROM integrity.free_slots({args})");
         let win = "tstzrange('2026-12-01 09:00+00', '2026-12-01 17:00+00')";
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '30 min'")), "00000");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, NULL")), "22004");
-        assert_eq!(fs(&format!("NULL, '{RES}', {win}, '30 min'")), "22004");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', 'empty', '30 min'")), "22023");
-        assert_eq!(
-            fs(&format!("'{ORG}', '{RES}', '[2026-12-01,)', '30 min'")),
-            "22023"
-        );
-        assert_eq!(
-            fs(&format!("'{ORG}', '{RES}', '(,2026-12-01)', '30 min'")),
-            "22023"
-        );
-        assert_eq!(
-            fs(&format!(
-                "'{ORG}', '{RES}', '[2026-12-01,infinity)', '30 min'"
-            )),
-            "22023"
-        );
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '0 min'")), "22023");
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023");
-        // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "22023");
-        assert_eq!(
-            fs(&format!(
-                "'{ORG}', '{RES}', tstzrange('2000-01-01', '2100-01-01'), '1 microsecond'"
-            )),
-            "22023"
-        );
+        expect_sqlstates(&[
+            (book(&ok_args), "00000"),
+            // NULL where a value is needed
+            (book(&format!("NULL, '{RES}', {at}, '30 min'")), "22004"),
+            (book(&format!("'{ORG}', NULL, {at}, '30 min'")), "22004"),
+            (book(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004"),
+            (book(&format!("'{ORG}', '{RES}', {at}, NULL")), "22004"),
+            (book(&format!("{ok_args}, metadata => NULL")), "22004"),
+            (book(&format!("{ok_args}, wait => NULL")), "22004"),
+            // malformed
+            (book(&format!("{ok_args}, metadata => '[1]'")), "22023"),
+            (book(&format!("{ok_args}, metadata => '{{bad'")), "22P02"),
+            (
+                book(&format!("'not-a-uuid', '{RES}', {at}, '30 min'")),
+                "22P02",
+            ),
+            // zero, negative, too long, huge durations
+            (
+                book(&format!("'{ORG}', '{RES}', '2026-12-02 10:00+00', '0 min'")),
+                "22023",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-02 10:00+00', '-30 min'"
+                )),
+                "22023",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'"
+                )),
+                "00000",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-03 10:00+00', '25 hours'"
+                )),
+                "22023",
+            ),
+            (
+                book(&format!("'{ORG}', '{RES}', '2026-12-03 10:00+00', '1 mon'")),
+                "22023",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-03 10:00+00', '1000000 years'"
+                )),
+                "22023",
+            ),
+            // infinite or out-of-range timestamps
+            (
+                book(&format!("'{ORG}', '{RES}', 'infinity', '30 min'")),
+                "22008",
+            ),
+            (
+                book(&format!("'{ORG}', '{RES}', '-infinity', '30 min'")),
+                "22008",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'"
+                )),
+                "22008",
+            ),
+            // cancel, reschedule
+            ("SELECT integrity.cancel(NULL)".into(), "22004"),
+            ("SELECT integrity.reschedule(NULL, now())".into(), "22004"),
+            (
+                format!("SELECT integrity.reschedule('{any}', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.reschedule('{any}', 'infinity')"),
+                "22008",
+            ),
+            (
+                format!("SELECT integrity.reschedule('{any}', now(), '-1 hour')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.reschedule('{any}', now(), wait => NULL)"),
+                "22004",
+            ),
+            // slot_available
+            (sa(&format!("NULL, '{RES}', now(), '1 hour'")), "22004"),
+            (sa(&format!("'{ORG}', '{RES}', now(), '0 s'")), "22023"),
+            (
+                sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")),
+                "22008",
+            ),
+            // free_slots: NULLs, empty and unbounded windows, bad slots, too many candidates
+            (fs(&format!("'{ORG}', '{RES}', {win}, '30 min'")), "00000"),
+            (fs(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004"),
+            (fs(&format!("'{ORG}', '{RES}', {win}, NULL")), "22004"),
+            (fs(&format!("NULL, '{RES}', {win}, '30 min'")), "22004"),
+            (fs(&format!("'{ORG}', '{RES}', 'empty', '30 min'")), "22023"),
+            (
+                fs(&format!("'{ORG}', '{RES}', '[2026-12-01,)', '30 min'")),
+                "22023",
+            ),
+            (
+                fs(&format!("'{ORG}', '{RES}', '(,2026-12-01)', '30 min'")),
+                "22023",
+            ),
+            (
+                fs(&format!(
+                    "'{ORG}', '{RES}', '[2026-12-01,infinity)', '30 min'"
+                )),
+                "22023",
+            ),
+            (fs(&format!("'{ORG}', '{RES}', {win}, '0 min'")), "22023"),
+            (fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023"),
+            // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.
+            (fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "22023"),
+            (
+                fs(&format!(
+                    "'{ORG}', '{RES}', tstzrange('2000-01-01', '2100-01-01'), '1 microsecond'"
+                )),
+                "22023",
+            ),
+        ]);
+        // The limits are GUCs.
+        Spi::run("SET LOCAL integrity.max_booking_duration = '48h'").unwrap();
         Spi::run("SET LOCAL integrity.max_slots = 30000").unwrap();
-        assert_eq!(fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "00000");
+        expect_sqlstates(&[
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-05 10:00+00', '25 hours'"
+                )),
+                "00000",
+            ),
+            (fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "00000"),
+        ]);
     }
 
     #[pg_test]
