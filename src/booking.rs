@@ -62,19 +62,29 @@ const INTERVAL: Oid = pg_sys::INTERVALOID;
 const JSONB: Oid = pg_sys::JSONBOID;
 const TEXT: Oid = pg_sys::TEXTOID;
 
+/// The `ok:true` answer of a claim, built from the inserted row `b`.
+macro_rules! booked_answer {
+    () => {
+        "
+          RETURNING pg_catalog.jsonb_build_object(
+              'ok', true, 'booking_id', b.id,
+              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))"
+    };
+}
+
 /// Claims the slot, or returns no row when an active booking overlaps it.
 /// Used where our locks do not make check-then-insert exact (see
 /// `claim_locks`): the exclusion constraint arbitrates, waiting for an
 /// in-flight overlapping booking, and raises 40001 for a conflict an old
 /// snapshot cannot see, instead of letting 23P01 escape.
 static INSERT_BOOKING: Stmt = Stmt {
-    sql: "INSERT INTO integrity.bookings AS b
+    sql: concat!(
+        "INSERT INTO integrity.bookings AS b
               (org_id, resource_id, contact_id, during, metadata)
           VALUES ($1, $2, $5, pg_catalog.tstzrange($3, $3 + $4, '[)'), $6)
-          ON CONFLICT DO NOTHING
-          RETURNING pg_catalog.jsonb_build_object(
-              'ok', true, 'booking_id', b.id,
-              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))",
+          ON CONFLICT DO NOTHING",
+        booked_answer!()
+    ),
     args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
     writes: true,
 };
@@ -85,17 +95,17 @@ static INSERT_BOOKING: Stmt = Stmt {
 /// So a plain insert guarded by NOT EXISTS is exact, and it costs a third
 /// less than the speculative insertion of ON CONFLICT.
 static INSERT_IF_FREE: Stmt = Stmt {
-    sql: "INSERT INTO integrity.bookings AS b
+    sql: concat!(
+        "INSERT INTO integrity.bookings AS b
               (org_id, resource_id, contact_id, during, metadata)
           SELECT $1, $2, $5, r.span, $6
           FROM (SELECT pg_catalog.tstzrange($3, $3 + $4, '[)') AS span) r
           WHERE NOT EXISTS (
               SELECT 1 FROM integrity.bookings o
               WHERE o.org_id = $1 AND o.resource_id = $2 AND o.status = 'booked'
-                AND o.during OPERATOR(pg_catalog.&&) r.span)
-          RETURNING pg_catalog.jsonb_build_object(
-              'ok', true, 'booking_id', b.id,
-              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))",
+                AND o.during OPERATOR(pg_catalog.&&) r.span)",
+        booked_answer!()
+    ),
     args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
     writes: true,
 };
