@@ -10,10 +10,12 @@
 //!    start times; requests for other hours run in parallel. `wait => false`,
 //!    `reschedule` and application code take the resource lock EXCLUSIVE
 //!    instead (`wait => false` answers `busy` rather than waiting).
-//! 2. Holding those locks under READ COMMITTED, the claim is
-//!    `INSERT … WHERE NOT EXISTS (overlap)` through the GiST index: the
-//!    statement's snapshot is taken after the locks, so it sees every
-//!    committed booking and no overlapping one is in flight.
+//! 2. Holding those locks under READ COMMITTED, no overlapping booking is in
+//!    flight and the next snapshot sees every committed one, so the claim is
+//!    exact: a plain INSERT in a subtransaction, whose 23P01 means "taken"
+//!    (one GiST probe), while this backend's claims rarely conflict; and
+//!    `INSERT … WHERE NOT EXISTS (overlap)` (no failed insert to undo) once
+//!    more than one in four do.
 //! 3. Where that does not hold (REPEATABLE READ / SERIALIZABLE, whose
 //!    snapshot predates the locks; bookings longer than a day; a transaction
 //!    past its budget of hour locks) the claim is `INSERT … ON CONFLICT DO
