@@ -417,8 +417,6 @@ fn slot_lock_budget(n: u32) -> bool {
 
 /// How `book` may claim, given the locks it took.
 enum Claim {
-    /// Another transaction holds the resource and the caller won't wait.
-    Busy,
     /// No other booking through integrity.* can overlap while we hold our
     /// locks, and our next snapshot sees every committed one:
     /// check-then-insert (`INSERT_IF_FREE`) is exact.
@@ -428,7 +426,8 @@ enum Claim {
     Arbitrated,
 }
 
-/// Take the locks for a booking and say how it may claim.
+/// Take the locks for a booking and say how it may claim; `None` means
+/// `busy`: another transaction holds the resource and the caller won't wait.
 ///
 /// * `wait => false`: the resource lock EXCLUSIVE, tried once. Holding it,
 ///   no other booking of the resource is in flight.
@@ -446,19 +445,19 @@ fn claim_locks(
     starts_at: TimestampWithTimeZone,
     duration: Interval,
     wait: bool,
-) -> Claim {
+) -> Option<Claim> {
     let resource_key = resource_lock_key(org_id, resource_id);
     let exact = !snapshot_predates_locks();
     if !wait {
         return match (advisory_try_lock(resource_key), exact) {
-            (false, _) => Claim::Busy,
-            (true, true) => Claim::Exact,
-            (true, false) => Claim::Arbitrated,
+            (false, _) => None,
+            (true, true) => Some(Claim::Exact),
+            (true, false) => Some(Claim::Arbitrated),
         };
     }
     advisory_lock(resource_key, true);
     if !exact {
-        return Claim::Arbitrated;
+        return Some(Claim::Arbitrated);
     }
     // The end Postgres computes (`starts_at + duration`, calendar-aware) is
     // at most this far: a month is at most 31 days, a day at most 25 hours.
@@ -471,13 +470,13 @@ fn claim_locks(
     let last = (start + span - 1).div_euclid(SLOT_LOCK_US);
     let n = last - first + 1;
     if n > MAX_SLOT_LOCKS || !slot_lock_budget(n as u32) {
-        return Claim::Arbitrated;
+        return Some(Claim::Arbitrated);
     }
     let (org, res) = (org_id.to_string(), resource_id.to_string());
     for hour in first..=last {
         advisory_lock(slot_lock_key(&org, &res, hour), false);
     }
-    Claim::Exact
+    Some(Claim::Exact)
 }
 
 thread_local! {
@@ -629,10 +628,9 @@ fn book(
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
 
-    let claim = claim_locks(org_id, resource_id, starts_at, duration, wait);
-    if let Claim::Busy = claim {
+    let Some(claim) = claim_locks(org_id, resource_id, starts_at, duration, wait) else {
         return busy();
-    }
+    };
     Spi::connect_mut(|client| {
         let args = [
             org_id.into(),
@@ -643,7 +641,7 @@ fn book(
             metadata.into(),
         ];
         let inserted = match claim {
-            Claim::Arbitrated | Claim::Busy => one_json(client, &INSERT_BOOKING, &args),
+            Claim::Arbitrated => one_json(client, &INSERT_BOOKING, &args),
             Claim::Exact if conflicts_are_rare() => {
                 let r = insert_unless_excluded(client, &INSERT_PLAIN, &args);
                 note_claim_outcome(r.is_none());
