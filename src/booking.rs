@@ -32,7 +32,7 @@ use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
 use crate::jsonb::Jsonb;
 use crate::keys::lock_key_of;
-use crate::plans::{plan, Stmt};
+use crate::plans::{read, run, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -346,8 +346,11 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// The advisory-lock key every writer of one resource's bookings takes.
 pub fn resource_lock_key(org_id: Uuid, resource_id: Uuid) -> i64 {
-    let org = org_id.to_string();
-    let res = resource_id.to_string();
+    resource_key(&org_id.to_string(), &resource_id.to_string())
+}
+
+/// `resource_lock_key` from the ids' text forms.
+fn resource_key(org: &str, res: &str) -> i64 {
     lock_key_of([&b"booking"[..], org.as_bytes(), res.as_bytes()])
 }
 
@@ -446,7 +449,8 @@ fn claim_locks(
     duration: Interval,
     wait: bool,
 ) -> Option<Claim> {
-    let resource_key = resource_lock_key(org_id, resource_id);
+    let (org, res) = (org_id.to_string(), resource_id.to_string());
+    let resource_key = resource_key(&org, &res);
     let exact = !snapshot_predates_locks();
     if !wait {
         return match (advisory_try_lock(resource_key), exact) {
@@ -472,7 +476,6 @@ fn claim_locks(
     if n > MAX_SLOT_LOCKS || !slot_lock_budget(n as u32) {
         return Some(Claim::Arbitrated);
     }
-    let (org, res) = (org_id.to_string(), resource_id.to_string());
     for hour in first..=last {
         advisory_lock(slot_lock_key(&org, &res, hour), false);
     }
@@ -565,8 +568,7 @@ fn one_json(
     stmt: &'static Stmt,
     args: &[DatumWithOid<'_>],
 ) -> Option<Jsonb> {
-    let p = plan(client, stmt);
-    let table = client.update(&*p, Some(1), args).or_bug(stmt.sql);
+    let table = run(client, stmt, Some(1), args);
     if table.is_empty() {
         return None;
     }
@@ -668,10 +670,7 @@ fn cancel(booking_id: Option<Uuid>, reason: default!(Option<&str>, "NULL")) -> J
     const F: &str = "integrity.cancel";
     let booking_id = required(booking_id, F, "booking_id");
     Spi::connect_mut(|client| {
-        let p = plan(client, &LOCK_BOOKING);
-        let row = client
-            .update(&*p, Some(1), &[booking_id.into()])
-            .or_bug(LOCK_BOOKING.sql);
+        let row = run(client, &LOCK_BOOKING, Some(1), &[booking_id.into()]);
         if row.is_empty() {
             return outcome("not_found");
         }
@@ -708,10 +707,7 @@ fn reschedule(
         // Resource lock before row lock, the same order `book` + `cancel` in
         // one transaction take them. Exclusive: no booking of this resource is
         // in flight while the old one gives way and the new one is claimed.
-        let p = plan(client, &FIND_BOOKING);
-        let found = client
-            .select(&*p, Some(1), &[booking_id.into()])
-            .or_bug(FIND_BOOKING.sql);
+        let found = read(client, &FIND_BOOKING, Some(1), &[booking_id.into()]);
         if found.is_empty() {
             return outcome("not_found");
         }
@@ -729,10 +725,7 @@ fn reschedule(
             return busy();
         }
 
-        let p = plan(client, &LOCK_BOOKING);
-        let row = client
-            .update(&*p, Some(1), &[booking_id.into()])
-            .or_bug(LOCK_BOOKING.sql);
+        let row = run(client, &LOCK_BOOKING, Some(1), &[booking_id.into()]);
         if row.is_empty() {
             return outcome("not_found");
         }
@@ -761,10 +754,7 @@ fn reschedule(
             return taken;
         }
 
-        let p = plan(client, &RELEASE_FOR_RESCHEDULE);
-        client
-            .update(&*p, None, &[booking_id.into()])
-            .or_bug(RELEASE_FOR_RESCHEDULE.sql);
+        run(client, &RELEASE_FOR_RESCHEDULE, None, &[booking_id.into()]);
         let inserted = one_json(
             client,
             &INSERT_RESCHEDULED,
@@ -773,10 +763,12 @@ fn reschedule(
         match inserted {
             Some(ok) => ok,
             None => {
-                let p = plan(client, &RESTORE_BOOKING);
-                client
-                    .update(&*p, None, &[booking_id.into(), old_updated_at.into()])
-                    .or_bug(RESTORE_BOOKING.sql);
+                run(
+                    client,
+                    &RESTORE_BOOKING,
+                    None,
+                    &[booking_id.into(), old_updated_at.into()],
+                );
                 conflicts(
                     client,
                     org_id,
@@ -806,19 +798,13 @@ fn slot_available(
     let starts_at = check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
     let duration = check_duration(F, "duration", required(duration, F, "duration"));
     Spi::connect(|client| {
-        let p = plan(client, &SLOT_FREE);
-        client
-            .select(
-                &*p,
-                Some(1),
-                &[
-                    org_id.into(),
-                    resource_id.into(),
-                    starts_at.into(),
-                    duration.into(),
-                ],
-            )
-            .or_bug(SLOT_FREE.sql)
+        let args = [
+            org_id.into(),
+            resource_id.into(),
+            starts_at.into(),
+            duration.into(),
+        ];
+        read(client, &SLOT_FREE, Some(1), &args)
             .first()
             .get_one::<bool>()
             .or_bug(SLOT_FREE.sql)
@@ -864,20 +850,14 @@ fn free_slots(
         );
     }
     let slots = Spi::connect(|client| {
-        let p = plan(client, &FREE_SLOTS);
-        let table = client
-            .select(
-                &*p,
-                None,
-                &[
-                    org_id.into(),
-                    resource_id.into(),
-                    lower.into(),
-                    slot.into(),
-                    upper.into(),
-                ],
-            )
-            .or_bug(FREE_SLOTS.sql);
+        let args = [
+            org_id.into(),
+            resource_id.into(),
+            lower.into(),
+            slot.into(),
+            upper.into(),
+        ];
+        let table = read(client, &FREE_SLOTS, None, &args);
         let mut out = Vec::with_capacity(table.len());
         for row in table {
             if let Some(r) = row

@@ -7,8 +7,9 @@
 //! when the objects it uses change (or the extension is recreated).
 
 use crate::errors::OrBug;
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -31,7 +32,7 @@ thread_local! {
 ///
 /// Returns an `Rc` so no borrow of the cache is held while the statement runs
 /// (it may call back into our functions, e.g. through a user trigger).
-pub fn plan(client: &SpiClient<'_>, stmt: &'static Stmt) -> Rc<OwnedPreparedStatement> {
+fn plan(client: &SpiClient<'_>, stmt: &'static Stmt) -> Rc<OwnedPreparedStatement> {
     let key = stmt as *const Stmt as usize;
     if let Some(p) = PLANS.with(|m| m.borrow().get(&key).cloned()) {
         return p;
@@ -47,4 +48,31 @@ pub fn plan(client: &SpiClient<'_>, stmt: &'static Stmt) -> Rc<OwnedPreparedStat
     let p = Rc::new(prepared);
     PLANS.with(|m| m.borrow_mut().insert(key, p.clone()));
     p
+}
+
+/// Run a kept statement that only reads; up to `limit` rows (`None`: all).
+pub fn read<'conn>(
+    client: &SpiClient<'conn>,
+    stmt: &'static Stmt,
+    limit: Option<i64>,
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    debug_assert!(!stmt.writes, "read() of a writing statement: {}", stmt.sql);
+    let p = plan(client, stmt);
+    client
+        .select(&*p, limit.map(|l| l as _), args)
+        .or_bug(stmt.sql)
+}
+
+/// Run a kept statement in a connection that may write.
+pub fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    stmt: &'static Stmt,
+    limit: Option<i64>,
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'conn> {
+    let p = plan(client, stmt);
+    client
+        .update(&*p, limit.map(|l| l as _), args)
+        .or_bug(stmt.sql)
 }
