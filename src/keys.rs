@@ -42,16 +42,13 @@ pub fn fingerprint_of(bytes: &[u8]) -> String {
     let mut h = SipHasher24_128::new_with_key(SIPHASH_KEY);
     h.write(bytes);
     let out = h.finish128();
-    let mut hex = String::with_capacity(32);
-    for b in out
-        .h1
-        .to_le_bytes()
-        .iter()
-        .chain(out.h2.to_le_bytes().iter())
-    {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    // The 16 output bytes in the reference order: h1 then h2, each
+    // little-endian; read big-endian, they print as one hex number each.
+    format!(
+        "{:016x}{:016x}",
+        u64::from_be_bytes(out.h1.to_le_bytes()),
+        u64::from_be_bytes(out.h2.to_le_bytes())
+    )
 }
 
 /// Stable advisory-lock key for the given parts.
