@@ -28,6 +28,8 @@
 //! A claim that finds the slot taken answers
 //! `{"ok":false,"reason":"slot_taken","conflicts":[…]}`, never 23P01.
 
+mod direct;
+
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
 use crate::jsonb::Jsonb;
@@ -63,16 +65,7 @@ const TSTZ: Oid = pg_sys::TIMESTAMPTZOID;
 const INTERVAL: Oid = pg_sys::INTERVALOID;
 const JSONB: Oid = pg_sys::JSONBOID;
 const TEXT: Oid = pg_sys::TEXTOID;
-
-/// The `ok:true` answer of a claim, built from the inserted row `b`.
-macro_rules! booked_answer {
-    () => {
-        "
-          RETURNING pg_catalog.jsonb_build_object(
-              'ok', true, 'booking_id', b.id,
-              'starts_at', pg_catalog.lower(b.during), 'ends_at', pg_catalog.upper(b.during))"
-    };
-}
+const TSTZRANGE: Oid = pg_sys::TSTZRANGEOID;
 
 /// Claims the slot, or returns no row when an active booking overlaps it.
 /// Used where our locks do not make check-then-insert exact (see
@@ -80,50 +73,11 @@ macro_rules! booked_answer {
 /// in-flight overlapping booking, and raises 40001 for a conflict an old
 /// snapshot cannot see, instead of letting 23P01 escape.
 static INSERT_BOOKING: Stmt = Stmt {
-    sql: concat!(
-        "INSERT INTO integrity.bookings AS b
-              (org_id, resource_id, contact_id, during, metadata)
-          VALUES ($1, $2, $5, pg_catalog.tstzrange($3, $3 + $4, '[)'), $6)
-          ON CONFLICT DO NOTHING",
-        booked_answer!()
-    ),
-    args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
-    writes: true,
-};
-
-/// The exact claim: under our locks (see `claim_locks`) no other booking
-/// through integrity.* can be in flight for an overlapping time, and this
-/// statement's snapshot, taken after the locks, sees every committed one.
-/// So a plain insert guarded by NOT EXISTS is exact, and it costs a third
-/// less than the speculative insertion of ON CONFLICT.
-static INSERT_IF_FREE: Stmt = Stmt {
-    sql: concat!(
-        "INSERT INTO integrity.bookings AS b
-              (org_id, resource_id, contact_id, during, metadata)
-          SELECT $1, $2, $5, r.span, $6
-          FROM (SELECT pg_catalog.tstzrange($3, $3 + $4, '[)') AS span) r
-          WHERE NOT EXISTS (
-              SELECT 1 FROM integrity.bookings o
-              WHERE o.org_id = $1 AND o.resource_id = $2 AND o.status = 'booked'
-                AND o.during OPERATOR(pg_catalog.&&) r.span)",
-        booked_answer!()
-    ),
-    args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
-    writes: true,
-};
-
-/// The optimistic exact claim: under our locks a plain INSERT can only fail
-/// on a committed overlapping booking (or one written around our locks), and
-/// `insert_unless_excluded` turns that 23P01 into "taken". One GiST probe
-/// instead of two, where conflicts are rare.
-static INSERT_PLAIN: Stmt = Stmt {
-    sql: concat!(
-        "INSERT INTO integrity.bookings AS b
-              (org_id, resource_id, contact_id, during, metadata)
-          VALUES ($1, $2, $5, pg_catalog.tstzrange($3, $3 + $4, '[)'), $6)",
-        booked_answer!()
-    ),
-    args: &[UUID, UUID, TSTZ, INTERVAL, UUID, JSONB],
+    sql: "INSERT INTO integrity.bookings AS b (org_id, resource_id, contact_id, during, metadata)
+          VALUES ($1, $2, $3, $4, $5)
+          ON CONFLICT DO NOTHING
+          RETURNING b.id",
+    args: &[UUID, UUID, UUID, TSTZRANGE, JSONB],
     writes: true,
 };
 
@@ -422,7 +376,7 @@ fn slot_lock_budget(n: u32) -> bool {
 enum Claim {
     /// No other booking through integrity.* can overlap while we hold our
     /// locks, and our next snapshot sees every committed one:
-    /// check-then-insert (`INSERT_IF_FREE`) is exact.
+    /// a probe with a snapshot taken after them, then a plain INSERT, is exact.
     Exact,
     /// Overlapping bookings may be in flight, or our snapshot is older than
     /// our locks: the exclusion constraint decides (`INSERT_BOOKING`).
@@ -483,75 +437,101 @@ fn claim_locks(
 }
 
 thread_local! {
-    /// This backend's recent share of exact claims that found the slot
-    /// taken (an exponential moving average).
-    static CONFLICT_RATE: std::cell::Cell<f32> = const { std::cell::Cell::new(0.0) };
+    /// This backend's recent share of claims that found the slot taken (an
+    /// exponential moving average).
+    static TAKEN_RATE: std::cell::Cell<f32> = const { std::cell::Cell::new(0.0) };
 }
 
-/// Whether the optimistic claim pays: a plain INSERT skips the NOT EXISTS
-/// probe (about a third of a booking) but a conflict then costs a failed
-/// insert and a rolled-back subtransaction (about twice a checked one).
-/// Break-even is near one claim in three finding its slot taken.
-fn conflicts_are_rare() -> bool {
-    CONFLICT_RATE.with(|r| r.get() < 0.25)
+/// Whether to probe before taking the locks. A slot already taken needs no
+/// lock to say so, and where that is common (a popular resource filling up)
+/// the lock-free probe keeps `slot_taken` answers from queueing behind
+/// bookers. Where slots are mostly free it would be a second probe for
+/// nothing whenever other transactions commit meanwhile.
+fn probe_first() -> bool {
+    TAKEN_RATE.with(|r| r.get() >= 0.1)
 }
 
 fn note_claim_outcome(taken: bool) {
-    CONFLICT_RATE.with(|r| r.set(r.get() * 0.9 + if taken { 0.1 } else { 0.0 }));
+    TAKEN_RATE.with(|r| r.set(r.get() * 0.9 + if taken { 0.1 } else { 0.0 }));
 }
 
-/// Run a kept INSERT in a subtransaction. An exclusion violation (23P01)
-/// rolls the subtransaction back and answers `None`; any other error rolls
-/// it back and propagates as it was, so callers' own exception blocks see
-/// the subtransaction nesting they expect.
-fn insert_unless_excluded(
-    client: &mut SpiClient<'_>,
-    stmt: &'static Stmt,
-    args: &[DatumWithOid<'_>],
-) -> Option<Jsonb> {
-    use pgrx::pg_sys::panic::CaughtError;
-    use pgrx::{PgSqlErrorCode, PgTryBuilder};
-    use std::panic::AssertUnwindSafe;
-
-    // SAFETY: the same sequence PL/pgSQL uses for an exception block:
-    // remember the memory context and resource owner, start an internal
-    // subtransaction, and restore both after releasing or rolling it back.
-    unsafe {
-        let ctx = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(ctx);
-        let restore = move || {
-            pg_sys::MemoryContextSwitchTo(ctx);
-            pg_sys::CurrentResourceOwner = owner;
-        };
-        let mut client = AssertUnwindSafe(client);
-        let rollback = move |e: CaughtError| -> Option<Option<Jsonb>> {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-            restore();
-            match e {
-                CaughtError::PostgresError(ref r)
-                    if r.sql_error_code() == PgSqlErrorCode::ERRCODE_EXCLUSION_VIOLATION =>
-                {
-                    None
-                }
-                other => other.rethrow(),
-            }
-        };
-        let outcome =
-            PgTryBuilder::new(AssertUnwindSafe(|| Some(one_json(&mut client, stmt, args))))
-                .catch_others(rollback)
-                .catch_rust_panic(rollback)
-                .execute();
-        match outcome {
-            Some(inserted) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                restore();
-                inserted
-            }
-            None => None,
-        }
+/// `starts_at + duration` as Postgres computes it (calendar-aware, in the
+/// session's time zone); 22023 unless it is after `starts_at`.
+fn end_of(
+    f: &'static str,
+    starts_at: TimestampWithTimeZone,
+    duration: Interval,
+) -> TimestampWithTimeZone {
+    // SAFETY: timestamptz_pl_interval takes a timestamptz and an interval;
+    // it raises 22008 itself when the result is out of range.
+    let end = unsafe {
+        direct_function_call::<TimestampWithTimeZone>(
+            pg_sys::timestamptz_pl_interval,
+            &[starts_at.into_datum(), duration.into_datum()],
+        )
     }
+    .unwrap_or(starts_at);
+    if i64::from(end) <= i64::from(starts_at) {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "duration must be positive, got {} (which ends before it starts from this starts_at)",
+                interval_text(duration)
+            ),
+            "Pass a positive interval such as '30 minutes'; mixed signs like '1 month -30 days' can be negative for some months.",
+        );
+    }
+    end
+}
+
+/// A timestamptz as jsonb writes it (`2026-12-01T10:00:00+00:00`).
+fn json_time(t: TimestampWithTimeZone) -> String {
+    // SAFETY: JsonEncodeDateTime with a NULL buffer returns a palloc'd C
+    // string for a timestamptz datum.
+    unsafe {
+        let p = pg_sys::JsonEncodeDateTime(
+            std::ptr::null_mut(),
+            pg_sys::Datum::from(i64::from(t)),
+            pg_sys::TIMESTAMPTZOID,
+            std::ptr::null(),
+        );
+        let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+        pg_sys::pfree(p.cast());
+        s
+    }
+}
+
+/// `{"ok": true, "booking_id", "starts_at", "ends_at"}`.
+fn booked_answer(
+    id: Uuid,
+    starts_at: TimestampWithTimeZone,
+    ends_at: TimestampWithTimeZone,
+) -> Jsonb {
+    Jsonb::from_text(&format!(
+        r#"{{"ok": true, "booking_id": "{id}", "starts_at": "{}", "ends_at": "{}"}}"#,
+        json_time(starts_at),
+        json_time(ends_at)
+    ))
+}
+
+/// `{"ok": false, "reason": "slot_taken", "conflicts": [...]}`.
+fn taken_answer(conflicts: &[direct::Conflict]) -> Jsonb {
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"booking_id": "{}", "starts_at": "{}", "ends_at": "{}"}}"#,
+                c.id,
+                json_time(c.starts_at),
+                json_time(c.ends_at)
+            )
+        })
+        .collect();
+    Jsonb::from_text(&format!(
+        r#"{{"ok": false, "reason": "slot_taken", "conflicts": [{}]}}"#,
+        list.join(", ")
+    ))
 }
 
 fn busy() -> Jsonb {
@@ -630,36 +610,84 @@ fn book(
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
 
+    let ends_at = end_of(F, starts_at, duration);
+    let span = Range::new(
+        RangeBound::Inclusive(starts_at),
+        RangeBound::Exclusive(ends_at),
+    )
+    .into_datum()
+    .unwrap_or_else(|| crate::errors::bug("tstzrange datum"));
+    // The slot_taken answer for what overlaps the span now, if anything does.
+    let taken = || match direct::overlapping(org_id, resource_id, span, starts_at, ends_at) {
+        Some(found) => (!found.is_empty()).then(|| taken_answer(&found)),
+        None => Spi::connect_mut(|client| {
+            conflicts(client, org_id, resource_id, starts_at, duration, None)
+        }),
+    };
+
+    // A slot that is already taken needs no lock to say so.
+    if wait && probe_first() {
+        if let Some(answer) = taken() {
+            note_claim_outcome(true);
+            return answer;
+        }
+    }
     let Some(claim) = claim_locks(org_id, resource_id, starts_at, duration, wait) else {
         return busy();
     };
+    let sql_claim = || {
+        claim_slot(
+            &INSERT_BOOKING,
+            org_id,
+            resource_id,
+            contact_id,
+            span,
+            metadata,
+        )
+    };
+    let id = match claim {
+        // Under the locks no booking made through integrity.* overlaps in
+        // flight, so the exclusion check of a plain insert sees every
+        // overlapping booking there is.
+        Claim::Exact => match direct::insert(org_id, resource_id, contact_id, span, metadata) {
+            Some(direct::Claimed::Booked(id)) => Some(id),
+            Some(direct::Claimed::Taken) => None,
+            None => sql_claim(),
+        },
+        Claim::Arbitrated => sql_claim(),
+    };
+    note_claim_outcome(id.is_none());
+    match id {
+        Some(id) => booked_answer(id, starts_at, ends_at),
+        None => taken().unwrap_or_else(taken_without_details),
+    }
+}
+
+/// Insert the booking with `stmt`; its id, or `None` when the statement
+/// inserted nothing (`ON CONFLICT DO NOTHING`).
+fn claim_slot(
+    stmt: &'static Stmt,
+    org_id: Uuid,
+    resource_id: Uuid,
+    contact_id: Option<Uuid>,
+    span: pg_sys::Datum,
+    metadata: Jsonb,
+) -> Option<Uuid> {
     Spi::connect_mut(|client| {
+        // SAFETY: span is a tstzrange datum made for this call.
+        let span = unsafe { DatumWithOid::new(span, TSTZRANGE) };
         let args = [
             org_id.into(),
             resource_id.into(),
-            starts_at.into(),
-            duration.into(),
             contact_id.into(),
+            span,
             metadata.into(),
         ];
-        let inserted = match claim {
-            Claim::Arbitrated => one_json(client, &INSERT_BOOKING, &args),
-            Claim::Exact if conflicts_are_rare() => {
-                let r = insert_unless_excluded(client, &INSERT_PLAIN, &args);
-                note_claim_outcome(r.is_none());
-                r
-            }
-            Claim::Exact => {
-                let r = one_json(client, &INSERT_IF_FREE, &args);
-                note_claim_outcome(r.is_none());
-                r
-            }
-        };
-        match inserted {
-            Some(ok) => ok,
-            None => conflicts(client, org_id, resource_id, starts_at, duration, None)
-                .unwrap_or_else(taken_without_details),
+        let table = run(client, stmt, Some(1), &args);
+        if table.is_empty() {
+            return None;
         }
+        table.first().get_one::<Uuid>().or_bug(stmt.sql)
     })
 }
 

@@ -79,16 +79,21 @@ impl<T> OrBug<T> for Result<T, pgrx::spi::SpiError> {
     fn or_bug(self, what: &str) -> T {
         match self {
             Ok(v) => v,
-            Err(e) => {
-                ErrorReport::new(
-                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                    format!("integrity internal error in {what}: {e}"),
-                    "integrity",
-                )
-                .set_hint("This is a bug in the integrity extension; please report it.")
-                .report(PgLogLevel::ERROR);
-                unreachable!("ERROR-level report returned")
-            }
+            Err(e) => bug(format!("{what}: {e}")),
         }
     }
+}
+
+/// Raise `XX000` for a state our own code should never reach (our schema
+/// not as we created it, an SPI mismatch). Never returns.
+#[track_caller]
+pub fn bug(what: impl std::fmt::Display) -> ! {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("integrity internal error in {what}"),
+        "integrity",
+    )
+    .set_hint("This is a bug in the integrity extension; please report it.")
+    .report(PgLogLevel::ERROR);
+    unreachable!("ERROR-level report returned")
 }

@@ -1,0 +1,362 @@
+//! `book`'s hot path without SQL: the overlap probe as a scan of the
+//! exclusion constraint's own GiST index, and the claim as a heap insert
+//! plus `ExecInsertIndexTuples`, the routine every INSERT uses.
+//!
+//! Through SPI, each call paid a plan revalidation, an executor start and
+//! end, projections and a re-planned CHECK constraint around work that is
+//! one index scan or one row. Here only the work is left, done by the same
+//! Postgres routines a statement would use: the probe runs under the
+//! snapshot a statement would get (`GetTransactionSnapshot`), so it sees
+//! what a SELECT at this point sees and, under SERIALIZABLE, takes the same
+//! predicate locks; the insert writes the same WAL, maintains every index
+//! on the table and makes the exclusion check `bookings_no_overlap`
+//! exactly as an INSERT does.
+//!
+//! Where a statement would do more than that, these functions answer `None`
+//! and `book` runs SQL instead: when the role lacks table-level SELECT and
+//! INSERT (column grants, or none: SQL reports it), when row-level security
+//! applies to the role (policies are applied by the rewriter), when the
+//! table has triggers, CHECK constraints other than ours, or columns we do
+//! not know (someone changed it).
+
+use crate::errors::bug;
+use crate::jsonb::Jsonb;
+use pgrx::datum::{Range, RangeBound, Uuid};
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::ptr::null_mut;
+
+/// An active booking that overlaps the probed span.
+pub struct Conflict {
+    pub id: Uuid,
+    pub starts_at: TimestampWithTimeZone,
+    pub ends_at: TimestampWithTimeZone,
+}
+
+/// What a direct claim did.
+pub enum Claimed {
+    /// The row is in, with this id.
+    Booked(Uuid),
+    /// The exclusion constraint found an overlapping booking; our row was
+    /// deleted again and nothing of it is visible.
+    Taken,
+}
+
+/// The columns of `integrity.bookings` (0-based positions in its tuple
+/// descriptor).
+#[derive(Default)]
+struct Columns {
+    id: usize,
+    org_id: usize,
+    resource_id: usize,
+    contact_id: usize,
+    during: usize,
+    status: usize,
+    metadata: usize,
+    created_at: usize,
+    updated_at: usize,
+    cancelled_at: usize,
+    cancel_reason: usize,
+    rescheduled_from: usize,
+}
+
+/// Where `integrity.bookings` and its constraint index are.
+fn relation_ids() -> (Oid, Oid) {
+    // SAFETY: catalog lookups by name; each answers InvalidOid when the
+    // relation does not exist (the schema lookup raises 3F000 itself).
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"integrity".as_ptr(), false);
+        let table = pg_sys::get_relname_relid(c"bookings".as_ptr(), nsp);
+        let index = pg_sys::get_relname_relid(c"bookings_no_overlap".as_ptr(), nsp);
+        if table == Oid::INVALID || index == Oid::INVALID {
+            bug("integrity.bookings or its index bookings_no_overlap is missing");
+        }
+        (table, index)
+    }
+}
+
+/// The table's columns, if they are exactly the ones integrity created.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn columns(rel: pg_sys::Relation) -> Option<Columns> {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    let mut c = Columns::default();
+    let mut seen = 0;
+    for (i, a) in attrs.iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        let slot = match CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() {
+            b"id" => &mut c.id,
+            b"org_id" => &mut c.org_id,
+            b"resource_id" => &mut c.resource_id,
+            b"contact_id" => &mut c.contact_id,
+            b"during" => &mut c.during,
+            b"status" => &mut c.status,
+            b"metadata" => &mut c.metadata,
+            b"created_at" => &mut c.created_at,
+            b"updated_at" => &mut c.updated_at,
+            b"cancelled_at" => &mut c.cancelled_at,
+            b"cancel_reason" => &mut c.cancel_reason,
+            b"rescheduled_from" => &mut c.rescheduled_from,
+            _ => return None,
+        };
+        *slot = i;
+        seen += 1;
+    }
+    (seen == 12).then_some(c)
+}
+
+/// Whether this role may read and write the table at table level, and row
+/// security does not apply to it.
+fn plain_access(table: Oid) -> bool {
+    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
+    // SAFETY: privilege and RLS checks by OID; check_enable_rls with
+    // noError = false raises what a statement would (row_security = off).
+    unsafe {
+        let user = pg_sys::GetUserId();
+        pg_sys::pg_class_aclmask(table, user, wanted, pg_sys::AclMaskHow::ACLMASK_ALL) == wanted
+            && pg_sys::check_enable_rls(table, Oid::INVALID, false)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Active bookings of (`org_id`, `resource_id`) that overlap
+/// `[starts_at, ends_at)` (`span` is that range as a datum), ordered by
+/// start, as a statement starting now would see them; `None` when SQL must
+/// answer instead (see the module comment).
+pub fn overlapping(
+    org_id: Uuid,
+    resource_id: Uuid,
+    span: pg_sys::Datum,
+    starts_at: TimestampWithTimeZone,
+    ends_at: TimestampWithTimeZone,
+) -> Option<Vec<Conflict>> {
+    let (table, index_id) = relation_ids();
+    if !plain_access(table) {
+        return None;
+    }
+    let (lo, hi) = (i64::from(starts_at), i64::from(ends_at));
+    let mut conflicts = Vec::new();
+    // SAFETY: the relations are opened and closed here (their locks kept to
+    // the end of the transaction, as a statement keeps them); the snapshot
+    // is registered for the scan's life; the slot's values are read only
+    // while the slot holds its tuple, and copied out before the next one.
+    // An ERROR anywhere releases all of them through the resource owner.
+    unsafe {
+        let heap = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let Some(col) = columns(heap) else {
+            pg_sys::table_close(heap, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            return None;
+        };
+        let index = pg_sys::index_open(index_id, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        if (*(*index).rd_index).indnkeyatts != 3 {
+            bug("bookings_no_overlap is not the three-column index integrity created");
+        }
+        // The operators, strategies and collations the exclusion check uses.
+        let (mut ops, mut procs, mut strats) = (null_mut(), null_mut(), null_mut());
+        pg_sys::RelationGetExclusionInfo(index, &mut ops, &mut procs, &mut strats);
+        let values = [
+            org_id.into_datum().unwrap_or_else(|| bug("uuid datum")),
+            resource_id
+                .into_datum()
+                .unwrap_or_else(|| bug("uuid datum")),
+            span,
+        ];
+        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
+        for (i, key) in keys.iter_mut().enumerate() {
+            pg_sys::ScanKeyEntryInitialize(
+                key,
+                0,
+                (i + 1) as pg_sys::AttrNumber,
+                *strats.add(i),
+                Oid::INVALID,
+                *(*index).rd_indcollation.add(i),
+                *procs.add(i),
+                values[i],
+            );
+        }
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let slot = pg_sys::table_slot_create(heap, null_mut());
+        let scan = pg_sys::index_beginscan(heap, index, snapshot, 3, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), 3, null_mut(), 0);
+        let last = [col.id, col.org_id, col.resource_id, col.during, col.status]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            + 1;
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs(slot, last as i32);
+            let value = |i: usize| -> Option<pg_sys::Datum> {
+                (!*(*slot).tts_isnull.add(i)).then(|| *(*slot).tts_values.add(i))
+            };
+            let uuid = |i: usize| value(i).and_then(|d| Uuid::from_datum(d, false));
+            // The index is exact for these operators, but check anyway: a
+            // lossy match or a row that is not active must not be reported.
+            let active = value(col.status).and_then(|d| String::from_datum(d, false))
+                == Some("booked".into());
+            if !active
+                || uuid(col.org_id) != Some(org_id)
+                || uuid(col.resource_id) != Some(resource_id)
+            {
+                continue;
+            }
+            let Some(id) = uuid(col.id) else { continue };
+            let during = value(col.during)
+                .and_then(|d| Range::<TimestampWithTimeZone>::from_datum(d, false));
+            let bound =
+                |b: Option<&RangeBound<TimestampWithTimeZone>>| b.and_then(|b| b.get().copied());
+            let (Some(s), Some(e)) = (
+                during.as_ref().and_then(|r| bound(r.lower())),
+                during.as_ref().and_then(|r| bound(r.upper())),
+            ) else {
+                bug("a booking whose span is not a finite [start, end)");
+            };
+            // Both spans are [start, end).
+            if i64::from(s) < hi && lo < i64::from(e) {
+                conflicts.push(Conflict {
+                    id,
+                    starts_at: s,
+                    ends_at: e,
+                });
+            }
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    conflicts.sort_by_key(|c| i64::from(c.starts_at));
+    Some(conflicts)
+}
+
+/// Insert an active booking, letting the exclusion constraint decide: if
+/// it finds an overlapping booking (committed, or in flight in a writer
+/// that bypasses our locks) the row is deleted again and the answer is
+/// `Taken`. `None` when SQL must do it instead (see the module comment).
+///
+/// Only for claims made under our locks at READ COMMITTED, where an
+/// in-flight overlapping booking can only come from such a bypassing
+/// writer; the constraint reports it without waiting for it.
+pub fn insert(
+    org_id: Uuid,
+    resource_id: Uuid,
+    contact_id: Option<Uuid>,
+    span: pg_sys::Datum,
+    metadata: Jsonb,
+) -> Option<Claimed> {
+    let (table, index_id) = relation_ids();
+    if !plain_access(table) {
+        return None;
+    }
+    // SAFETY: the same sequence an INSERT's executor runs for one row
+    // (ExecInitModifyTable, ExecInsert, ExecEndModifyTable), on a relation
+    // opened here; every value stored is a datum of its column's type. An
+    // ERROR anywhere releases the relation, indexes and executor state.
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let col = match columns(rel) {
+            Some(c) if (*rel).trigdesc.is_null() && only_our_checks(rel) => c,
+            _ => {
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                return None;
+            }
+        };
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+        nulls.fill(true);
+        let mut set = |i: usize, d: Option<pg_sys::Datum>| {
+            if let Some(d) = d {
+                values[i] = d;
+                nulls[i] = false;
+            }
+        };
+        // The column defaults, as integrity.bookings declares them.
+        let id: Uuid = pgrx::direct_function_call(pg_sys::gen_random_uuid, &[])
+            .unwrap_or_else(|| bug("gen_random_uuid returned NULL"));
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        set(col.id, id.into_datum());
+        set(col.org_id, org_id.into_datum());
+        set(col.resource_id, resource_id.into_datum());
+        set(col.contact_id, contact_id.into_datum());
+        set(col.during, Some(span));
+        set(
+            col.status,
+            Some(pg_sys::Datum::from(pg_sys::cstring_to_text(
+                c"booked".as_ptr(),
+            ))),
+        );
+        set(col.metadata, metadata.into_datum());
+        set(col.created_at, Some(pg_sys::Datum::from(now)));
+        set(col.updated_at, Some(pg_sys::Datum::from(now)));
+        let _ = (col.cancelled_at, col.cancel_reason, col.rescheduled_from); // NULL
+        pg_sys::ExecStoreVirtualTuple(slot);
+
+        let estate = pg_sys::CreateExecutorState();
+        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            .cast::<pg_sys::ResultRelInfo>();
+        pg_sys::InitResultRelInfo(rri, rel, 1, null_mut(), 0);
+        pg_sys::ExecOpenIndices(rri, false);
+        pg_sys::table_tuple_insert(rel, slot, pg_sys::GetCurrentCommandId(true), 0, null_mut());
+        // noDupErr with the constraint's index as the only arbiter: an
+        // overlap comes back as that index in the list instead of 23P01,
+        // and an in-flight overlapping row is reported without a wait.
+        let arbiters = pg_sys::lappend_oid(null_mut(), index_id);
+        let mut speculative_conflict = false;
+        let violated = pg_sys::ExecInsertIndexTuples(
+            rri,
+            slot,
+            estate,
+            false,
+            true,
+            &mut speculative_conflict,
+            arbiters,
+        );
+        let taken = !violated.is_null();
+        // Later commands of this transaction see the row (or its deletion).
+        pg_sys::CommandCounterIncrement();
+        if taken {
+            pg_sys::simple_heap_delete(rel, &mut (*slot).tts_tid);
+            pg_sys::CommandCounterIncrement();
+        }
+        pg_sys::ExecCloseIndices(rri);
+        pg_sys::FreeExecutorState(estate);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Some(if taken {
+            Claimed::Taken
+        } else {
+            Claimed::Booked(id)
+        })
+    }
+}
+
+/// Whether the table's only CHECK constraint is ours, which a new active
+/// booking (status booked, cancelled_at NULL) satisfies by construction,
+/// and it has no generated columns. Every other constraint is enforced by
+/// the indexes (`ExecInsertIndexTuples`) or by the domains of the values,
+/// which `book` has validated.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn only_our_checks(rel: pg_sys::Relation) -> bool {
+    let constr = (*(*rel).rd_att).constr;
+    if constr.is_null() {
+        return true;
+    }
+    if (*constr).has_generated_stored {
+        return false;
+    }
+    match (*constr).num_check {
+        0 => true,
+        1 => CStr::from_ptr((*(*constr).check).ccname).to_bytes() == b"bookings_cancelled_check",
+        _ => false,
+    }
+}
