@@ -14,8 +14,9 @@ COMMENT ON FUNCTION integrity.free_slots(uuid, uuid, tstzrange, interval) IS
 -- would be a sequential scan kept for the connection's life, and the
 -- overlap checks would slow down as the table grows. Index access is always
 -- right for them, so the planner is told to avoid sequential scans here.
--- (book scans the index directly and plans only INSERTs, so it needs no
--- such setting, which would cost it a GUC change and restore per call.)
+-- (book scans the index directly; where it falls back to SQL it sets this
+-- around that statement only, rather than paying a GUC change and restore
+-- on every call.)
 ALTER FUNCTION integrity.cancel(uuid, text) SET enable_seqscan = off;
 ALTER FUNCTION integrity.reschedule(uuid, timestamptz, interval, boolean) SET enable_seqscan = off;
 ALTER FUNCTION integrity.slot_available(uuid, uuid, timestamptz, interval) SET enable_seqscan = off;

@@ -34,7 +34,7 @@ use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
 use crate::jsonb::Jsonb;
 use crate::keys::lock_key_of;
-use crate::plans::{read, run, Stmt};
+use crate::plans::{read, run, with_index_scans, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -620,8 +620,10 @@ fn book(
     // The slot_taken answer for what overlaps the span now, if anything does.
     let taken = || match direct::overlapping(org_id, resource_id, span, starts_at, ends_at) {
         Some(found) => (!found.is_empty()).then(|| taken_answer(&found)),
-        None => Spi::connect_mut(|client| {
-            conflicts(client, org_id, resource_id, starts_at, duration, None)
+        None => with_index_scans(|| {
+            Spi::connect_mut(|client| {
+                conflicts(client, org_id, resource_id, starts_at, duration, None)
+            })
         }),
     };
 
@@ -1007,11 +1009,11 @@ mod tests {
     }
 
     #[pg_test]
-    fn both_exact_claims_answer_alike() {
-        // A run of conflicts moves book() from the optimistic claim (plain
-        // INSERT, 23P01 caught in a subtransaction) to the checked one (NOT
-        // EXISTS) and a run of free slots moves it back; every answer stays
-        // right on the way.
+    fn both_claim_orders_answer_alike() {
+        // A run of conflicts moves book() from locking first (the insert's
+        // exclusion check finds the conflict) to probing first (taken slots
+        // answered without locks), and a run of free slots moves it back;
+        // every answer stays right on the way.
         let first = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
         assert_eq!(first["ok"], true);
         for i in 0..10 {
@@ -1043,7 +1045,120 @@ mod tests {
         let n = Spi::get_one::<i64>("SELECT count(*) FROM integrity.bookings")
             .unwrap()
             .unwrap();
-        assert_eq!(n, 31, "failed optimistic inserts leave no rows behind");
+        assert_eq!(
+            n, 31,
+            "claims that found their slot taken leave no rows behind"
+        );
+    }
+
+    #[pg_test]
+    fn a_conflict_found_by_the_insert_leaves_nothing_behind() {
+        // A long run of free slots makes book() lock first and let the
+        // insert's exclusion check find a conflict: the row it had written
+        // is deleted again, and the answer lists the booking in the way.
+        let mut first = None;
+        for i in 0..40 {
+            let v = book(
+                ORG,
+                RES,
+                &format!("2026-12-03 00:00+00'::timestamptz + '{i} hours"),
+                "1 hour",
+            );
+            assert_eq!(v["ok"], true, "free slot {i}: {v}");
+            first.get_or_insert(v);
+        }
+        let first = first.unwrap();
+        let v = book(ORG, RES, "2026-12-03 00:30+00", "10 minutes");
+        assert_eq!(v["reason"], "slot_taken", "{v}");
+        assert_eq!(v["conflicts"][0]["booking_id"], first["booking_id"]);
+        assert_eq!(v["conflicts"].as_array().unwrap().len(), 1);
+        let (all, active) = Spi::get_two::<i64, i64>(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'booked') FROM integrity.bookings",
+        )
+        .unwrap();
+        assert_eq!((all, active), (Some(40), Some(40)));
+        // It was the insert that found the conflict: one row written and deleted.
+        let deleted = Spi::get_one::<i64>(
+            "SELECT pg_stat_get_xact_tuples_deleted('integrity.bookings'::regclass)",
+        )
+        .unwrap();
+        assert_eq!(deleted, Some(1));
+        // The same transaction books on, and sees everything it booked.
+        assert_eq!(book(ORG, RES, "2026-12-05 00:00+00", "1 hour")["ok"], true);
+        assert_eq!(
+            book(ORG, RES, "2026-12-05 00:15+00", "1 hour")["conflicts"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+    }
+
+    /// The columns of a stored booking that do not depend on its id and time.
+    fn stored(id: &str) -> serde_json::Value {
+        json(&format!(
+            "SELECT jsonb_build_object('status', status, 'contact', contact_id, 'metadata', metadata,
+                 'created_now', created_at = now(), 'updated_now', updated_at = now(),
+                 'cancelled_at', cancelled_at, 'reason', cancel_reason, 'from', rescheduled_from,
+                 'bounds', lower_inc(during) AND NOT upper_inc(during))
+             FROM integrity.bookings WHERE id = '{id}'"
+        ))
+    }
+
+    #[pg_test]
+    fn a_trigger_on_bookings_still_fires_and_rows_are_alike() {
+        let args = "contact_id => '00000000-0000-0000-0000-0000000000cc', metadata => '{\"src\": \"web\"}'";
+        let direct = json(&format!(
+            "SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 10:00+00', '1 hour', {args})"
+        ));
+        assert_eq!(direct["ok"], true);
+        // A user's trigger on the table: book() must not bypass it.
+        Spi::run(
+            "CREATE TABLE public.integrity_test_seen (id uuid);
+             CREATE FUNCTION public.integrity_test_note() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.integrity_test_seen VALUES (NEW.id); RETURN NEW; END $$;
+             CREATE TRIGGER integrity_test_note AFTER INSERT ON integrity.bookings
+               FOR EACH ROW EXECUTE FUNCTION public.integrity_test_note();",
+        )
+        .unwrap();
+        let via_sql = json(&format!(
+            "SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 11:00+00', '1 hour', {args})"
+        ));
+        assert_eq!(via_sql["ok"], true);
+        let seen = Spi::get_one::<String>(
+            "SELECT string_agg(id::text, ',') FROM public.integrity_test_seen",
+        )
+        .unwrap();
+        assert_eq!(seen.as_deref(), via_sql["booking_id"].as_str());
+        assert_eq!(stored(&id(&direct)), stored(&id(&via_sql)));
+        assert_eq!(stored(&id(&direct))["created_now"], true);
+        assert_eq!(stored(&id(&direct))["status"], "booked");
+        // Conflicts read the same either way.
+        let taken_sql = book(ORG, RES, "2026-12-01 10:30+00", "1 hour");
+        Spi::run("DROP TRIGGER integrity_test_note ON integrity.bookings").unwrap();
+        let taken_direct = book(ORG, RES, "2026-12-01 10:30+00", "1 hour");
+        assert_eq!(taken_sql, taken_direct);
+        assert_eq!(taken_direct["conflicts"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            taken_direct["conflicts"][0]["booking_id"],
+            direct["booking_id"]
+        );
+    }
+
+    #[pg_test]
+    fn book_without_table_privileges_is_refused() {
+        Spi::run(
+            "CREATE ROLE integrity_test_nogrant;
+             GRANT USAGE ON SCHEMA integrity TO integrity_test_nogrant;
+             SET LOCAL ROLE integrity_test_nogrant",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 10:00+00', '1 hour')"
+            )),
+            "42501"
+        );
+        Spi::run("RESET ROLE").unwrap();
     }
 
     #[pg_test]

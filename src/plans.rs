@@ -76,3 +76,33 @@ pub fn run<'conn>(
         .update(&*p, limit.map(|l| l as _), args)
         .or_bug(stmt.sql)
 }
+
+/// Run `f` with `enable_seqscan = off`, restored afterwards (as a function's
+/// `SET enable_seqscan = off` would, but only around these statements).
+///
+/// A plan kept from a moment the table was empty or tiny (a fresh install, a
+/// TRUNCATE + ANALYZE) would otherwise be a sequential scan for the life of
+/// the connection, and the overlap checks would slow down as the table
+/// grows. Index access is always right for them.
+pub fn with_index_scans<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the GUC nest level is the mechanism fmgr uses for a
+    // function's SET clauses; an ERROR inside `f` unwinds it at abort.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"enable_seqscan".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let r = f();
+    // SAFETY: closes the nest level opened above, restoring the setting.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    r
+}

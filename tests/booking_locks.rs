@@ -1,7 +1,8 @@
 //! The resource lock behind `integrity.book`, seen from real clients:
 //! it serialises, it is released when a transaction aborts or its backend
 //! dies, `wait => false` answers `busy`, applications can take the same lock
-//! by its documented key, stale snapshots raise 40001, and a reschedule that
+//! by its documented key (and a taken slot is still answered while they
+//! hold it), stale snapshots raise 40001, and a reschedule that
 //! loses to a writer bypassing the lock leaves the old booking untouched.
 
 mod common;
@@ -111,6 +112,46 @@ fn applications_can_take_the_same_lock_by_its_documented_key() {
     assert_eq!(book(&mut b, "2026-12-01 10:00+00", false)["reason"], "busy");
     app.batch_execute("COMMIT").unwrap();
     assert_eq!(book(&mut b, "2026-12-01 10:00+00", false)["ok"], true);
+}
+
+#[test]
+fn a_frozen_resource_takes_no_bookings_but_still_answers_taken() {
+    let cluster = Cluster::start();
+    let mut b = cluster.connect();
+    assert_eq!(book(&mut b, "2026-12-01 10:00+00", true)["ok"], true);
+    // A run of taken answers: B now probes before it locks.
+    for _ in 0..10 {
+        assert_eq!(
+            book(&mut b, "2026-12-01 10:15+00", true)["reason"],
+            "slot_taken"
+        );
+    }
+    let mut app = cluster.connect();
+    app.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(integrity.lock_key('booking', '{ORG}'::uuid::text, '{RES}'::uuid::text))"
+    ))
+    .unwrap();
+    // While the application holds the resource, a taken slot is answered
+    // at once (nothing would be written) ...
+    let t = Instant::now();
+    let v = book(&mut b, "2026-12-01 10:15+00", true);
+    assert_eq!(v["reason"], "slot_taken", "{v}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // ... and a free one waits for the application.
+    b.batch_execute("SET statement_timeout = '300ms'").unwrap();
+    let r = b.query_one(
+        &format!("SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 12:00+00', '30 min')::text"),
+        &[],
+    );
+    assert_eq!(
+        sqlstate(&r),
+        "57014",
+        "a free slot waits for the frozen resource"
+    );
+    app.batch_execute("COMMIT").unwrap();
+    b.batch_execute("RESET statement_timeout").unwrap();
+    assert_eq!(book(&mut b, "2026-12-01 12:00+00", true)["ok"], true);
+    assert_eq!(active(&mut b), 2);
 }
 
 #[test]
