@@ -32,8 +32,8 @@ mod direct;
 
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
-use crate::jsonb::Jsonb;
-use crate::keys::lock_key_of;
+use crate::jsonb::{Builder, Jsonb};
+use crate::keys::{lock_key_of, uuid_text};
 use crate::plans::{read, run, with_index_scans, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
 use pgrx::pg_sys::{self, Oid};
@@ -300,12 +300,15 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// The advisory-lock key every writer of one resource's bookings takes.
 pub fn resource_lock_key(org_id: Uuid, resource_id: Uuid) -> i64 {
-    resource_key(&org_id.to_string(), &resource_id.to_string())
+    resource_key(
+        &uuid_text(org_id.as_bytes()),
+        &uuid_text(resource_id.as_bytes()),
+    )
 }
 
 /// `resource_lock_key` from the ids' text forms.
-fn resource_key(org: &str, res: &str) -> i64 {
-    lock_key_of([&b"booking"[..], org.as_bytes(), res.as_bytes()])
+fn resource_key(org: &[u8], res: &[u8]) -> i64 {
+    lock_key_of([&b"booking"[..], org, res])
 }
 
 /// Width of the slot locks, in microseconds: one hour.
@@ -323,14 +326,9 @@ thread_local! {
 }
 
 /// The advisory-lock key of one hour-wide slot of a resource.
-fn slot_lock_key(org: &str, res: &str, hour: i128) -> i64 {
+fn slot_lock_key(org: &[u8], res: &[u8], hour: i128) -> i64 {
     let hour = hour.to_string();
-    lock_key_of([
-        &b"booking-slot"[..],
-        org.as_bytes(),
-        res.as_bytes(),
-        hour.as_bytes(),
-    ])
+    lock_key_of([&b"booking-slot"[..], org, res, hour.as_bytes()])
 }
 
 fn advisory_lock(key: i64, shared: bool) {
@@ -403,7 +401,10 @@ fn claim_locks(
     duration: Interval,
     wait: bool,
 ) -> Option<Claim> {
-    let (org, res) = (org_id.to_string(), resource_id.to_string());
+    let (org, res) = (
+        uuid_text(org_id.as_bytes()),
+        uuid_text(resource_id.as_bytes()),
+    );
     let resource_key = resource_key(&org, &res);
     let exact = !snapshot_predates_locks();
     if !wait {
@@ -502,36 +503,51 @@ fn json_time(t: TimestampWithTimeZone) -> String {
     }
 }
 
+fn uuid_str(text: &[u8; 36]) -> &str {
+    std::str::from_utf8(text).unwrap_or_default()
+}
+
 /// `{"ok": true, "booking_id", "starts_at", "ends_at"}`.
 fn booked_answer(
     id: Uuid,
     starts_at: TimestampWithTimeZone,
     ends_at: TimestampWithTimeZone,
 ) -> Jsonb {
-    Jsonb::from_text(&format!(
-        r#"{{"ok": true, "booking_id": "{id}", "starts_at": "{}", "ends_at": "{}"}}"#,
-        json_time(starts_at),
-        json_time(ends_at)
-    ))
+    Builder::new()
+        .begin_object()
+        .key("ok")
+        .bool(true)
+        .key("booking_id")
+        .string(uuid_str(&uuid_text(id.as_bytes())))
+        .key("starts_at")
+        .string(&json_time(starts_at))
+        .key("ends_at")
+        .string(&json_time(ends_at))
+        .end()
+        .finish()
 }
 
 /// `{"ok": false, "reason": "slot_taken", "conflicts": [...]}`.
 fn taken_answer(conflicts: &[direct::Conflict]) -> Jsonb {
-    let list: Vec<String> = conflicts
-        .iter()
-        .map(|c| {
-            format!(
-                r#"{{"booking_id": "{}", "starts_at": "{}", "ends_at": "{}"}}"#,
-                c.id,
-                json_time(c.starts_at),
-                json_time(c.ends_at)
-            )
-        })
-        .collect();
-    Jsonb::from_text(&format!(
-        r#"{{"ok": false, "reason": "slot_taken", "conflicts": [{}]}}"#,
-        list.join(", ")
-    ))
+    let mut b = Builder::new();
+    b.begin_object()
+        .key("ok")
+        .bool(false)
+        .key("reason")
+        .string("slot_taken")
+        .key("conflicts")
+        .begin_array();
+    for c in conflicts {
+        b.begin_object()
+            .key("booking_id")
+            .string(uuid_str(&uuid_text(c.id.as_bytes())))
+            .key("starts_at")
+            .string(&json_time(c.starts_at))
+            .key("ends_at")
+            .string(&json_time(c.ends_at))
+            .end();
+    }
+    b.end().end().finish()
 }
 
 fn busy() -> Jsonb {
@@ -634,6 +650,7 @@ fn book(
             return answer;
         }
     }
+    direct::lock_for_insert();
     let Some(claim) = claim_locks(org_id, resource_id, starts_at, duration, wait) else {
         return busy();
     };
@@ -940,6 +957,11 @@ mod tests {
     const ORG2: &str = "00000000-0000-0000-0000-00000000000b";
     const RES: &str = "00000000-0000-0000-0000-000000000001";
     const RES2: &str = "00000000-0000-0000-0000-000000000002";
+    // Tests that change the table (DDL) book for tenants of their own, so no
+    // concurrently running test waits on their advisory locks while they
+    // wait for a table lock (which would be a deadlock).
+    const ORG_DDL1: &str = "00000000-0000-0000-0000-0000000000d1";
+    const ORG_DDL2: &str = "00000000-0000-0000-0000-0000000000d2";
 
     fn book(org: &str, res: &str, at: &str, dur: &str) -> serde_json::Value {
         json(&format!(
@@ -1108,7 +1130,7 @@ mod tests {
     fn a_trigger_on_bookings_still_fires_and_rows_are_alike() {
         let args = "contact_id => '00000000-0000-0000-0000-0000000000cc', metadata => '{\"src\": \"web\"}'";
         let direct = json(&format!(
-            "SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 10:00+00', '1 hour', {args})"
+            "SELECT integrity.book('{ORG_DDL1}', '{RES}', '2026-12-01 10:00+00', '1 hour', {args})"
         ));
         assert_eq!(direct["ok"], true);
         // A user's trigger on the table: book() must not bypass it.
@@ -1121,7 +1143,7 @@ mod tests {
         )
         .unwrap();
         let via_sql = json(&format!(
-            "SELECT integrity.book('{ORG}', '{RES}', '2026-12-01 11:00+00', '1 hour', {args})"
+            "SELECT integrity.book('{ORG_DDL1}', '{RES}', '2026-12-01 11:00+00', '1 hour', {args})"
         ));
         assert_eq!(via_sql["ok"], true);
         let seen = Spi::get_one::<String>(
@@ -1133,9 +1155,9 @@ mod tests {
         assert_eq!(stored(&id(&direct))["created_now"], true);
         assert_eq!(stored(&id(&direct))["status"], "booked");
         // Conflicts read the same either way.
-        let taken_sql = book(ORG, RES, "2026-12-01 10:30+00", "1 hour");
+        let taken_sql = book(ORG_DDL1, RES, "2026-12-01 10:30+00", "1 hour");
         Spi::run("DROP TRIGGER integrity_test_note ON integrity.bookings").unwrap();
-        let taken_direct = book(ORG, RES, "2026-12-01 10:30+00", "1 hour");
+        let taken_direct = book(ORG_DDL1, RES, "2026-12-01 10:30+00", "1 hour");
         assert_eq!(taken_sql, taken_direct);
         assert_eq!(taken_direct["conflicts"].as_array().map(Vec::len), Some(2));
         assert_eq!(
@@ -1524,6 +1546,53 @@ mod tests {
             )),
             "42501"
         );
+        // Conflicts within the tenant are reported as data.
+        let taken = book(ORG, RES2, "2026-12-01 10:30+00", "1 hour");
+        assert_eq!(taken["reason"], "slot_taken", "{taken}");
+        assert_eq!(taken["conflicts"].as_array().map(Vec::len), Some(1));
+        // A malformed tenant id fails as the policy's cast would.
+        Spi::run("SET LOCAL integrity.org_id = 'not-a-uuid'").unwrap();
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.book('{ORG}', '{RES2}', '2026-12-02 10:00+00', '1 hour')"
+            )),
+            "22P02"
+        );
         Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn a_changed_policy_or_a_new_check_is_obeyed() {
+        Spi::run("CREATE ROLE integrity_test_app2").unwrap();
+        Spi::run("SELECT integrity.grant_access('integrity_test_app2')").unwrap();
+        // A policy that is no longer ours: book must apply it, not ours.
+        Spi::run("ALTER POLICY bookings_org_scope ON integrity.bookings USING (false)").unwrap();
+        Spi::run("SET LOCAL ROLE integrity_test_app2").unwrap();
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.book('{ORG_DDL2}', '{RES}', '2026-12-01 10:00+00', '1 hour')"
+            )),
+            "42501"
+        );
+        Spi::run("RESET ROLE").unwrap();
+        // A CHECK someone added to the table holds for book's rows too.
+        Spi::run(
+            "ALTER TABLE integrity.bookings ADD CONSTRAINT integrity_test_src CHECK (metadata ? 'src')",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.book('{ORG_DDL2}', '{RES}', '2026-12-01 10:00+00', '1 hour')"
+            )),
+            "23514"
+        );
+        let ok = json(&format!(
+            "SELECT integrity.book('{ORG_DDL2}', '{RES}', '2026-12-01 10:00+00', '1 hour', metadata => '{{\"src\": \"web\"}}')"
+        ));
+        assert_eq!(ok["ok"], true, "{ok}");
+        // Dropping it again gives the direct path back, with the same answers.
+        Spi::run("ALTER TABLE integrity.bookings DROP CONSTRAINT integrity_test_src").unwrap();
+        let taken = book(ORG_DDL2, RES, "2026-12-01 10:30+00", "1 hour");
+        assert_eq!(taken["conflicts"][0]["booking_id"], ok["booking_id"]);
     }
 }

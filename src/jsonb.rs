@@ -93,3 +93,112 @@ unsafe impl BoxRet for Jsonb {
         unsafe { fcinfo.return_raw_datum(self.0) }
     }
 }
+
+/// Builds a jsonb value directly (`pushJsonbValue`), with no JSON text to
+/// print and parse again. Only what our answers need: objects, arrays,
+/// strings and booleans.
+pub struct Builder {
+    state: *mut pg_sys::JsonbParseState,
+    result: *mut pg_sys::JsonbValue,
+    /// For each open container: whether it is an array.
+    open: Vec<bool>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder {
+            state: std::ptr::null_mut(),
+            result: std::ptr::null_mut(),
+            open: Vec::with_capacity(4),
+        }
+    }
+
+    fn push(&mut self, token: pg_sys::JsonbIteratorToken::Type, value: *mut pg_sys::JsonbValue) {
+        // SAFETY: pushJsonbValue builds in the current memory context; the
+        // tokens are pushed in a well-formed order by the methods below.
+        self.result = unsafe { pg_sys::pushJsonbValue(&mut self.state, token, value) };
+    }
+
+    fn scalar(&mut self, mut v: pg_sys::JsonbValue) {
+        let token = match self.open.last() {
+            Some(true) => pg_sys::JsonbIteratorToken::WJB_ELEM,
+            _ => pg_sys::JsonbIteratorToken::WJB_VALUE,
+        };
+        self.push(token, &mut v);
+    }
+
+    fn string_value(s: &str) -> pg_sys::JsonbValue {
+        let mut v = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvString,
+            ..Default::default()
+        };
+        // SAFETY: a palloc'd copy outlives the builder (current context).
+        unsafe {
+            let p = pg_sys::palloc(s.len().max(1)).cast::<u8>();
+            std::ptr::copy_nonoverlapping(s.as_ptr(), p, s.len());
+            v.val.string.len = s.len() as i32;
+            v.val.string.val = p.cast();
+        }
+        v
+    }
+
+    pub fn begin_object(&mut self) -> &mut Self {
+        self.push(
+            pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
+            std::ptr::null_mut(),
+        );
+        self.open.push(false);
+        self
+    }
+
+    pub fn begin_array(&mut self) -> &mut Self {
+        self.push(
+            pg_sys::JsonbIteratorToken::WJB_BEGIN_ARRAY,
+            std::ptr::null_mut(),
+        );
+        self.open.push(true);
+        self
+    }
+
+    pub fn end(&mut self) -> &mut Self {
+        let token = match self.open.pop() {
+            Some(true) => pg_sys::JsonbIteratorToken::WJB_END_ARRAY,
+            _ => pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
+        };
+        self.push(token, std::ptr::null_mut());
+        self
+    }
+
+    pub fn key(&mut self, k: &str) -> &mut Self {
+        let mut v = Self::string_value(k);
+        self.push(pg_sys::JsonbIteratorToken::WJB_KEY, &mut v);
+        self
+    }
+
+    pub fn string(&mut self, s: &str) -> &mut Self {
+        self.scalar(Self::string_value(s));
+        self
+    }
+
+    pub fn bool(&mut self, b: bool) -> &mut Self {
+        let mut v = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvBool,
+            ..Default::default()
+        };
+        v.val.boolean = b;
+        self.scalar(v);
+        self
+    }
+
+    /// The finished value; every container must have been closed.
+    pub fn finish(&mut self) -> Jsonb {
+        assert!(
+            self.open.is_empty() && !self.result.is_null(),
+            "jsonb builder finished with open containers"
+        );
+        // SAFETY: result is the complete top-level value pushJsonbValue built.
+        Jsonb(pg_sys::Datum::from(unsafe {
+            pg_sys::JsonbValueToJsonb(self.result)
+        }))
+    }
+}

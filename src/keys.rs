@@ -37,6 +37,23 @@ pub fn lock_key_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> i64 {
     h.finish() as i64
 }
 
+/// A uuid's text form, as `uuid::text` prints it (lowercase, hyphenated),
+/// without going through `fmt` (which costs more than the hashing it feeds).
+pub fn uuid_text(bytes: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[(b >> 4) as usize];
+        out[at + 1] = HEX[(b & 0x0f) as usize];
+        at += 2;
+    }
+    out
+}
+
 /// 128-bit SipHash-2-4 of `bytes`, as 32 lowercase hex digits.
 pub fn fingerprint_of(bytes: &[u8]) -> String {
     let mut h = SipHasher24_128::new_with_key(SIPHASH_KEY);
@@ -86,6 +103,21 @@ fn lock_key(parts: Option<VariadicArray<'_, &str>>) -> i64 {
 fn fingerprint(request: Option<Jsonb>) -> String {
     let request = required(request, "integrity.fingerprint", "request");
     fingerprint_of(request.text().as_bytes())
+}
+
+#[cfg(test)]
+mod uuid_text_tests {
+    #[test]
+    fn uuid_text_is_the_canonical_form() {
+        let b: [u8; 16] = [
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54,
+            0x32, 0x10,
+        ];
+        assert_eq!(
+            &super::uuid_text(&b),
+            b"01234567-89ab-cdef-fedc-ba9876543210"
+        );
+    }
 }
 
 #[cfg(test)]

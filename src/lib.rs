@@ -9,7 +9,9 @@ use pgrx::prelude::*;
 mod errors;
 /// `integrity.*` settings, declared once and read through getters.
 mod gucs;
-/// jsonb carried as Postgres's own text, for exact fingerprints and pass-through.
+/// Random UUIDs from Postgres's strong random source, fetched in batches.
+mod ids;
+/// jsonb carried as a datum, built directly, printed only when needed.
 mod jsonb;
 /// Statements prepared once per backend for the hot paths.
 mod plans;

@@ -12,12 +12,17 @@
 //! on the table and makes the exclusion check `bookings_no_overlap`
 //! exactly as an INSERT does.
 //!
+//! Row-level security is applied as the rewriter would apply it when the
+//! table's only policy is `bookings_org_scope` as integrity created it: the
+//! policy depends on `org_id` alone, every row `book` reads or writes has
+//! the requested `org_id`, so one evaluation of it decides for all of them.
+//!
 //! Where a statement would do more than that, these functions answer `None`
 //! and `book` runs SQL instead: when the role lacks table-level SELECT and
 //! INSERT (column grants, or none: SQL reports it), when row-level security
-//! applies to the role (policies are applied by the rewriter), when the
-//! table has triggers, CHECK constraints other than ours, or columns we do
-//! not know (someone changed it).
+//! applies with other policies or refuses the tenant (SQL raises 42501),
+//! when the table has triggers, CHECK constraints other than ours, or
+//! columns we do not know (someone changed it).
 
 use crate::errors::bug;
 use crate::jsonb::Jsonb;
@@ -45,7 +50,7 @@ pub enum Claimed {
 
 /// The columns of `integrity.bookings` (0-based positions in its tuple
 /// descriptor).
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Columns {
     id: usize,
     org_id: usize,
@@ -110,17 +115,154 @@ unsafe fn columns(rel: pg_sys::Relation) -> Option<Columns> {
     (seen == 12).then_some(c)
 }
 
-/// Whether this role may read and write the table at table level, and row
-/// security does not apply to it.
-fn plain_access(table: Oid) -> bool {
+/// What this backend knows about `integrity.bookings`, kept until Postgres
+/// invalidates the table's relcache entry (ALTER TABLE, CREATE TRIGGER,
+/// CREATE/ALTER/DROP POLICY, GRANT, DROP EXTENSION, …), so a call pays no
+/// catalog lookups.
+#[derive(Clone, Copy)]
+struct Shape {
+    table: Oid,
+    index: Oid,
+    /// `None` when the columns are not the ones integrity created.
+    col: Option<Columns>,
+    /// A direct insert does what an INSERT would: no triggers, no CHECK
+    /// but ours, no generated columns.
+    insertable: bool,
+    /// Row security on the table is `bookings_org_scope` alone, as created.
+    our_policy: bool,
+}
+
+thread_local! {
+    static SHAPE: std::cell::Cell<Option<Shape>> = const { std::cell::Cell::new(None) };
+    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Relcache invalidation callback: forget the shape when the table or its
+/// index changes (or everything is invalidated).
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
+    SHAPE.with(|c| {
+        if let Some(s) = c.get() {
+            if relid == Oid::INVALID || relid == s.table || relid == s.index {
+                c.set(None);
+            }
+        }
+    });
+}
+
+/// The policy as sql/booking.sql creates it, as `pg_get_expr` prints it.
+const OUR_POLICY: &str =
+    "((integrity.current_org() IS NULL) OR (org_id = integrity.current_org()))";
+
+/// Work out the shape of the open relation `rel`.
+///
+/// # Safety
+/// `rel` is `integrity.bookings`, open and locked.
+unsafe fn shape_of(rel: pg_sys::Relation) -> Shape {
+    let table = (*rel).rd_id;
+    let (_, index) = relation_ids();
+    let col = columns(rel);
+    let insertable = col.is_some() && (*rel).trigdesc.is_null() && only_our_checks(rel);
+    let our_policy = !(*(*rel).rd_rel).relrowsecurity
+        || Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.count(*) = 1 AND pg_catalog.bool_and(
+                 p.polname = 'bookings_org_scope' AND p.polcmd = '*' AND p.polpermissive
+                 AND p.polroles = '{0}' AND p.polwithcheck IS NULL
+                 AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = $2)
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1",
+            &[table.into(), OUR_POLICY.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !WATCHING.with(|w| w.replace(true)) {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0));
+    }
+    Shape {
+        table,
+        index,
+        col,
+        insertable,
+        our_policy,
+    }
+}
+
+/// Open `integrity.bookings` with `lockmode` and say what it is like.
+fn open(lockmode: pg_sys::LOCKMODE) -> (pg_sys::Relation, Shape) {
+    // SAFETY: a relation opened by OID, falling back to its name when the
+    // remembered OID no longer opens; the shape is read with it open.
+    unsafe {
+        let mut rel = match SHAPE.with(|c| c.get()) {
+            Some(s) => pg_sys::try_relation_open(s.table, lockmode),
+            None => null_mut(),
+        };
+        // The remembered OID may have been dropped (or, in theory, reused).
+        if !rel.is_null()
+            && CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_bytes() != b"bookings"
+        {
+            pg_sys::relation_close(rel, lockmode);
+            rel = null_mut();
+        }
+        if rel.is_null() {
+            SHAPE.with(|c| c.set(None));
+            rel = pg_sys::table_open(relation_ids().0, lockmode);
+        }
+        // Opening took the lock and with it any pending invalidations, so
+        // a remembered shape still here is current.
+        let shape = match SHAPE.with(|c| c.get()) {
+            Some(s) if s.table == (*rel).rd_id => s,
+            _ => {
+                let s = shape_of(rel);
+                SHAPE.with(|c| c.set(Some(s)));
+                s
+            }
+        };
+        (rel, shape)
+    }
+}
+
+/// Take the lock an INSERT into `integrity.bookings` takes (ROW EXCLUSIVE),
+/// now. `book` takes it before its advisory locks, so a booker never holds
+/// advisory locks while queueing for the table behind DDL (which in turn
+/// waits for other bookers): table first, then advisory locks, as every
+/// writer of the table orders them.
+pub fn lock_for_insert() {
+    let (rel, _) = open(pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    // SAFETY: closes the relation `open` returned; the lock stays to the
+    // end of the transaction.
+    unsafe { pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE) };
+}
+
+/// Whether the direct path may act for this role on `org_id`'s rows:
+/// table-level SELECT and INSERT, and row security either not applying to
+/// the role or being our policy with the tenant in scope.
+fn allowed(shape: &Shape, org_id: Uuid) -> bool {
     let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
     // SAFETY: privilege and RLS checks by OID; check_enable_rls with
     // noError = false raises what a statement would (row_security = off).
     unsafe {
         let user = pg_sys::GetUserId();
-        pg_sys::pg_class_aclmask(table, user, wanted, pg_sys::AclMaskHow::ACLMASK_ALL) == wanted
-            && pg_sys::check_enable_rls(table, Oid::INVALID, false)
-                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        if pg_sys::pg_class_aclmask(shape.table, user, wanted, pg_sys::AclMaskHow::ACLMASK_ALL)
+            != wanted
+        {
+            return false;
+        }
+        pg_sys::check_enable_rls(shape.table, Oid::INVALID, false)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+            || (shape.our_policy && tenant_in_scope(org_id))
+    }
+}
+
+/// `integrity.current_org() IS NULL OR org_id = integrity.current_org()`.
+fn tenant_in_scope(org_id: Uuid) -> bool {
+    // SAFETY: GetConfigOption returns the setting's current string or NULL;
+    // uuid_in parses it, raising 22P02 as the policy's cast would.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        if p.is_null() || *p == 0 {
+            return true;
+        }
+        pgrx::direct_function_call::<Uuid>(pg_sys::uuid_in, &[Some(pg_sys::Datum::from(p))])
+            == Some(org_id)
     }
 }
 
@@ -135,10 +277,6 @@ pub fn overlapping(
     starts_at: TimestampWithTimeZone,
     ends_at: TimestampWithTimeZone,
 ) -> Option<Vec<Conflict>> {
-    let (table, index_id) = relation_ids();
-    if !plain_access(table) {
-        return None;
-    }
     let (lo, hi) = (i64::from(starts_at), i64::from(ends_at));
     let mut conflicts = Vec::new();
     // SAFETY: the relations are opened and closed here (their locks kept to
@@ -147,11 +285,15 @@ pub fn overlapping(
     // while the slot holds its tuple, and copied out before the next one.
     // An ERROR anywhere releases all of them through the resource owner.
     unsafe {
-        let heap = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let Some(col) = columns(heap) else {
-            pg_sys::table_close(heap, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            return None;
+        let (heap, shape) = open(pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let col = match shape.col {
+            Some(col) if allowed(&shape, org_id) => col,
+            _ => {
+                pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return None;
+            }
         };
+        let index_id = shape.index;
         let index = pg_sys::index_open(index_id, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         if (*(*index).rd_index).indnkeyatts != 3 {
             bug("bookings_no_overlap is not the three-column index integrity created");
@@ -249,23 +391,20 @@ pub fn insert(
     span: pg_sys::Datum,
     metadata: Jsonb,
 ) -> Option<Claimed> {
-    let (table, index_id) = relation_ids();
-    if !plain_access(table) {
-        return None;
-    }
     // SAFETY: the same sequence an INSERT's executor runs for one row
     // (ExecInitModifyTable, ExecInsert, ExecEndModifyTable), on a relation
     // opened here; every value stored is a datum of its column's type. An
     // ERROR anywhere releases the relation, indexes and executor state.
     unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let col = match columns(rel) {
-            Some(c) if (*rel).trigdesc.is_null() && only_our_checks(rel) => c,
+        let (rel, shape) = open(pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let col = match shape.col {
+            Some(col) if shape.insertable && allowed(&shape, org_id) => col,
             _ => {
-                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
                 return None;
             }
         };
+        let index_id = shape.index;
         let desc = (*rel).rd_att;
         let natts = (*desc).natts as usize;
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
@@ -278,9 +417,9 @@ pub fn insert(
                 nulls[i] = false;
             }
         };
-        // The column defaults, as integrity.bookings declares them.
-        let id: Uuid = pgrx::direct_function_call(pg_sys::gen_random_uuid, &[])
-            .unwrap_or_else(|| bug("gen_random_uuid returned NULL"));
+        // The column defaults, as integrity.bookings declares them (the id
+        // a random version-4 UUID, as gen_random_uuid() makes).
+        let id = crate::ids::random_uuid();
         let now = pg_sys::GetCurrentTransactionStartTimestamp();
         set(col.id, id.into_datum());
         set(col.org_id, org_id.into_datum());
