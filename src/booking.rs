@@ -36,10 +36,10 @@ use crate::jsonb::{Builder, Jsonb};
 use crate::keys::{lock_key_of, uuid_text};
 use crate::plans::{read, run, with_index_scans, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
+use pgrx::direct_function_call;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{direct_function_call, direct_function_call_as_datum};
 use std::ffi::CStr;
 
 pgrx::extension_sql_file!(
@@ -272,8 +272,8 @@ fn check_metadata(f: &'static str, m: Option<Jsonb>) -> Jsonb {
             "Omit metadata or pass '{}' for none.",
         ),
     };
-    let kind = m.type_name();
-    if kind != "object" {
+    if !m.is_object() {
+        let kind = m.type_name();
         raise(
             Kind::InvalidParameter,
             f,
@@ -331,22 +331,45 @@ fn slot_lock_key(org: &[u8], res: &[u8], hour: i128) -> i64 {
     lock_key_of([&b"booking-slot"[..], org, res, hour.as_bytes()])
 }
 
-fn advisory_lock(key: i64, shared: bool) {
-    let f = if shared {
-        pg_sys::pg_advisory_xact_lock_shared_int8
-    } else {
-        pg_sys::pg_advisory_xact_lock_int8
-    };
-    // SAFETY: builtin fmgr functions taking one int8.
-    unsafe { direct_function_call_as_datum(f, &[key.into_datum()]) };
+/// The lock tag `pg_advisory_xact_lock(bigint)` uses for `key`, so our
+/// locks and an application's `pg_advisory_xact_lock(key)` are the same
+/// lock (what SET_LOCKTAG_ADVISORY builds in advisory lock functions).
+fn advisory_tag(key: i64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the life of a backend.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: ((key as u64) >> 32) as u32,
+        locktag_field3: key as u64 as u32,
+        locktag_field4: 1,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
 }
 
+/// `pg_advisory_xact_lock_shared(key)` or `pg_advisory_xact_lock(key)`,
+/// without the function-call detour.
+fn advisory_lock(key: i64, shared: bool) {
+    let mode = if shared {
+        pg_sys::ShareLock
+    } else {
+        pg_sys::ExclusiveLock
+    };
+    // SAFETY: a transaction-scoped lock on a tag built above; LockAcquire
+    // waits (and checks for deadlocks and interrupts) like the SQL function.
+    unsafe { pg_sys::LockAcquire(&advisory_tag(key), mode as pg_sys::LOCKMODE, false, false) };
+}
+
+/// `pg_try_advisory_xact_lock(key)`.
 fn advisory_try_lock(key: i64) -> bool {
-    // SAFETY: builtin fmgr function taking one int8.
+    // SAFETY: as in `advisory_lock`, without waiting.
     unsafe {
-        direct_function_call::<bool>(pg_sys::pg_try_advisory_xact_lock_int8, &[key.into_datum()])
+        pg_sys::LockAcquire(
+            &advisory_tag(key),
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            true,
+        ) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
-    .unwrap_or(false)
 }
 
 /// Whether this transaction reads from one snapshot taken at its start
@@ -449,7 +472,7 @@ thread_local! {
 /// bookers. Where slots are mostly free it would be a second probe for
 /// nothing whenever other transactions commit meanwhile.
 fn probe_first() -> bool {
-    TAKEN_RATE.with(|r| r.get() >= 0.1)
+    TAKEN_RATE.with(|r| r.get() >= 0.25)
 }
 
 fn note_claim_outcome(taken: bool) {

@@ -47,6 +47,17 @@ impl Jsonb {
         }
     }
 
+    /// Whether the value is a JSON object (the root container's flag; no
+    /// text is made).
+    pub fn is_object(&self) -> bool {
+        // SAFETY: a jsonb datum; pg_detoast_datum returns it in plain form
+        // (a copy only if it was toasted or had a short header).
+        unsafe {
+            let j = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+            (*j).root.header & pg_sys::JB_FOBJECT != 0
+        }
+    }
+
     /// `jsonb_typeof`: object, array, string, number, boolean or null.
     pub fn type_name(&self) -> String {
         // SAFETY: jsonb_typeof takes a jsonb datum and returns text.
