@@ -619,8 +619,9 @@ fn conflicts(
     )
 }
 
-/// `slot_taken` when the exclusion constraint refused a row our own query
-/// cannot see the conflict for (it was removed again meanwhile).
+/// `slot_taken` when the exclusion constraint kept refusing the row but no
+/// conflicting booking is visible to us: an in-flight row of a writer that
+/// bypasses our locks.
 fn taken_without_details() -> Jsonb {
     Jsonb::from_text(r#"{"ok": false, "reason": "slot_taken", "conflicts": []}"#)
 }
@@ -687,7 +688,7 @@ fn book(
             metadata,
         )
     };
-    let id = match claim {
+    let claim_once = || match claim {
         // Under the locks no booking made through integrity.* overlaps in
         // flight, so the exclusion check of a plain insert sees every
         // overlapping booking there is.
@@ -698,12 +699,27 @@ fn book(
         },
         Claim::Arbitrated => sql_claim(),
     };
-    note_claim_outcome(id.is_none());
-    match id {
-        Some(id) => booked_answer(id, starts_at, ends_at),
-        None => taken().unwrap_or_else(taken_without_details),
+    // A refused claim is answered with the bookings in the way. If none is
+    // left by the time we look (cancelled meanwhile: cancel takes no slot
+    // lock), the slot may be free now: claim again, a few times at most
+    // (a writer bypassing our locks can keep refusing us).
+    for _ in 0..CLAIM_ATTEMPTS {
+        if let Some(id) = claim_once() {
+            note_claim_outcome(false);
+            return booked_answer(id, starts_at, ends_at);
+        }
+        if let Some(answer) = taken() {
+            note_claim_outcome(true);
+            return answer;
+        }
     }
+    note_claim_outcome(true);
+    taken_without_details()
 }
+
+/// How often `book` claims a slot whose conflicting booking was gone by
+/// the time it looked (see `book`).
+const CLAIM_ATTEMPTS: usize = 3;
 
 /// Insert the booking with `stmt`; its id, or `None` when the statement
 /// inserted nothing (`ON CONFLICT DO NOTHING`).

@@ -3,8 +3,9 @@
 //! READ COMMITTED, REPEATABLE READ and SERIALIZABLE (retrying 40001/40P01),
 //! and once more under READ COMMITTED with bookings longer than a day.
 //! Afterwards SQL proves: no two active bookings overlap, every `ok:true` a
-//! client received is in the table, and the table's active bookings are
-//! exactly the ones clients believe they hold.
+//! client received is in the table, the table's active bookings are exactly
+//! the ones clients believe they hold, and every `slot_taken` from `book`
+//! names bookings of that resource that really overlap the request.
 
 mod common;
 
@@ -31,6 +32,9 @@ struct Tally {
     retries: usize,
     anomalies: Vec<String>,
     ok_ids: Vec<String>,
+    /// (resource, start expression, duration, conflict id) of each booking
+    /// named in a `slot_taken` answer of `book`.
+    named: Vec<(String, String, String, String)>,
     active: HashSet<String>,
 }
 
@@ -123,6 +127,15 @@ fn client_run(cluster_conninfo: String, level: &'static str, mix: Mix, seed: u64
                 t.active.insert(id);
             } else if v["reason"] == "slot_taken" {
                 t.slot_taken += 1;
+                let conflicts = v["conflicts"].as_array().cloned().unwrap_or_default();
+                if conflicts.is_empty() {
+                    t.anomalies
+                        .push(format!("slot_taken naming no booking: {v}"));
+                }
+                for c in conflicts {
+                    let id = c["booking_id"].as_str().unwrap_or_default().to_string();
+                    t.named.push((res.clone(), at.clone(), dur.clone(), id));
+                }
             } else if v["reason"] == "busy" && !wait {
                 t.busy += 1;
             } else {
@@ -215,6 +228,33 @@ fn race(cluster: &Cluster, level: &'static str, mix: Mix) {
         )
         .unwrap()
         .get(0);
+    // Every booking a slot_taken answer named is of that resource and
+    // overlaps the request (bookings are never deleted, only cancelled).
+    let named: Vec<&(String, String, String, String)> =
+        tallies.iter().flat_map(|t| t.named.iter()).collect();
+    let mut unjustified = 0i64;
+    for chunk in named.chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(res, at, dur, id)| {
+                format!("('{res}'::uuid, '{at}', '{dur}'::interval, '{id}'::uuid)")
+            })
+            .collect();
+        let n: i64 = admin
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (VALUES {}) AS v(res, at, dur, id)
+                     WHERE NOT EXISTS (SELECT 1 FROM integrity.bookings b
+                                       WHERE b.id = v.id AND b.resource_id = v.res
+                                         AND b.during && tstzrange(v.at, v.at + v.dur))",
+                    rows.join(", ")
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        unjustified += n;
+    }
     let booked_in_db: Vec<String> = admin
         .query(
             "SELECT id::text FROM integrity.bookings WHERE status = 'booked'",
@@ -261,6 +301,11 @@ fn race(cluster: &Cluster, level: &'static str, mix: Mix) {
         "{level}: unexpected outcomes: {anomalies:?}"
     );
     assert_eq!(overlaps, 0, "{level}: overlapping active bookings");
+    assert!(!named.is_empty());
+    assert_eq!(
+        unjustified, 0,
+        "{level}: a slot_taken answer named a booking that does not overlap the request"
+    );
     assert_eq!(
         missing, 0,
         "{level}: an ok:true booking is not in the table"
