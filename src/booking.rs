@@ -1001,6 +1001,7 @@ mod tests {
     // wait for a table lock (which would be a deadlock).
     const ORG_DDL1: &str = "00000000-0000-0000-0000-0000000000d1";
     const ORG_DDL2: &str = "00000000-0000-0000-0000-0000000000d2";
+    const ORG_DDL3: &str = "00000000-0000-0000-0000-0000000000d3";
 
     fn book(org: &str, res: &str, at: &str, dur: &str) -> serde_json::Value {
         json(&format!(
@@ -1202,6 +1203,51 @@ mod tests {
         assert_eq!(
             taken_direct["conflicts"][0]["booking_id"],
             direct["booking_id"]
+        );
+    }
+
+    #[pg_test]
+    fn indexes_added_later_are_maintained() {
+        // book keeps what it builds per index across calls; an index made
+        // or dropped after that must be seen at once.
+        assert_eq!(
+            book(ORG_DDL3, RES, "2026-12-01 10:00+00", "1 hour")["ok"],
+            true
+        );
+        Spi::run("CREATE INDEX integrity_test_contact ON integrity.bookings (contact_id)").unwrap();
+        let cc = "00000000-0000-0000-0000-0000000000cc";
+        let v = json(&format!(
+            "SELECT integrity.book('{ORG_DDL3}', '{RES}', '2026-12-01 11:00+00', '1 hour', contact_id => '{cc}')"
+        ));
+        assert_eq!(v["ok"], true, "{v}");
+        Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+        // With sequential and bitmap scans off, the count reads the new index.
+        let n = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM integrity.bookings WHERE contact_id = '{cc}'"
+        ))
+        .unwrap();
+        assert_eq!(n, Some(1), "the new index has the booking");
+        Spi::run("RESET enable_seqscan; RESET enable_bitmapscan").unwrap();
+        // An index of a kind book keeps no state for: the statement's way.
+        Spi::run("CREATE INDEX integrity_test_brin ON integrity.bookings USING brin (created_at)")
+            .unwrap();
+        assert_eq!(
+            book(ORG_DDL3, RES, "2026-12-01 12:00+00", "1 hour")["ok"],
+            true
+        );
+        Spi::run(
+            "DROP INDEX integrity.integrity_test_contact; DROP INDEX integrity.integrity_test_brin",
+        )
+        .unwrap();
+        assert_eq!(
+            book(ORG_DDL3, RES, "2026-12-01 13:00+00", "1 hour")["ok"],
+            true
+        );
+        let taken = book(ORG_DDL3, RES, "2026-12-01 12:30+00", "1 hour");
+        assert_eq!(
+            taken["conflicts"].as_array().map(Vec::len),
+            Some(2),
+            "{taken}"
         );
     }
 

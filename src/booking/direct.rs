@@ -140,13 +140,168 @@ thread_local! {
 /// Relcache invalidation callback: forget the shape when the table or its
 /// index changes (or everything is invalidated).
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
-    SHAPE.with(|c| {
-        if let Some(s) = c.get() {
-            if relid == Oid::INVALID || relid == s.table || relid == s.index {
-                c.set(None);
+    // Only Cells here: this runs inside Postgres's invalidation processing,
+    // possibly while our own code is between two steps.
+    let ours = relid == Oid::INVALID
+        || SHAPE.with(|c| {
+            c.get()
+                .is_some_and(|s| relid == s.table || relid == s.index)
+        })
+        || INDEX_OIDS.with(|c| c.get().contains(&relid));
+    if ours {
+        SHAPE.with(|c| c.set(None));
+        INDEXES_STALE.with(|c| c.set(true));
+    }
+}
+
+/// The table's indexes, opened and locked (ROW EXCLUSIVE, as
+/// ExecOpenIndices does), with their kept IndexInfos; `None` where
+/// ExecOpenIndices must do it (see `kept_indexes`).
+///
+/// The indexes are opened before the kept state is used: opening takes any
+/// pending invalidations, and an invalidation of an index that was closed
+/// frees its relcache entry, which GiST's kept state points into. If one
+/// arrived, the state is rebuilt with the indexes open.
+///
+/// # Safety
+/// `rel` is `integrity.bookings`, open and locked.
+unsafe fn open_kept_indexes(
+    rel: pg_sys::Relation,
+) -> Option<(Vec<pg_sys::Relation>, Vec<*mut pg_sys::IndexInfo>)> {
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    for _ in 0..3 {
+        let (oids, _) = kept_indexes(rel)?;
+        let descs: Vec<pg_sys::Relation> = oids
+            .iter()
+            .map(|&oid| pg_sys::index_open(oid, lock))
+            .collect();
+        if !INDEXES_STALE.with(|c| c.get()) {
+            if let Some((_, infos)) = kept_indexes(rel) {
+                if !infos.is_empty() {
+                    return Some((descs, infos));
+                }
             }
         }
+        for d in descs {
+            pg_sys::index_close(d, lock);
+        }
+    }
+    None
+}
+
+/// Most indexes on the table whose IndexInfo we keep.
+const MAX_INDEXES: usize = 8;
+
+thread_local! {
+    /// IndexInfo of each index on the table, kept across calls.
+    static INDEXES: std::cell::RefCell<Option<Indexes>> = const { std::cell::RefCell::new(None) };
+    /// Set by `forget`; the kept IndexInfos are rebuilt before next use.
+    static INDEXES_STALE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The OIDs in INDEXES, for `forget` (InvalidOid-padded).
+    static INDEX_OIDS: std::cell::Cell<[Oid; MAX_INDEXES]> = const { std::cell::Cell::new([Oid::INVALID; MAX_INDEXES]) };
+}
+
+/// What an INSERT statement builds for every index of the table on every
+/// execution (`ExecOpenIndices`: BuildIndexInfo, then the partial index's
+/// predicate planned and compiled, then GiST's per-index state made on its
+/// first insert), built once and kept in a memory context of its own until
+/// an invalidation of the table or one of its indexes.
+struct Indexes {
+    cxt: pg_sys::MemoryContext,
+    oids: Vec<Oid>,
+    infos: Vec<*mut pg_sys::IndexInfo>,
+}
+
+/// The kept IndexInfos for `rel`, built if needed; `None` when the table
+/// has an index we do not keep state for (not btree or GiST, or too many):
+/// then the caller uses ExecOpenIndices as a statement would.
+///
+/// # Safety
+/// `rel` is `integrity.bookings`, open and locked.
+unsafe fn kept_indexes(rel: pg_sys::Relation) -> Option<(Vec<Oid>, Vec<*mut pg_sys::IndexInfo>)> {
+    if INDEXES_STALE.with(|c| c.replace(false)) {
+        if let Some(old) = INDEXES.with(|c| c.borrow_mut().take()) {
+            pg_sys::MemoryContextDelete(old.cxt);
+        }
+        INDEX_OIDS.with(|c| c.set([Oid::INVALID; MAX_INDEXES]));
+    }
+    if let Some(kept) = INDEXES.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|i| (i.oids.clone(), i.infos.clone()))
+    }) {
+        // Empty infos: the table has an index we keep no state for.
+        return (!kept.1.is_empty()).then_some(kept);
+    }
+    let list = pg_sys::RelationGetIndexList(rel);
+    let oids: Vec<Oid> = if list.is_null() {
+        Vec::new()
+    } else {
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .collect()
+    };
+    let remember_unsupported = || {
+        INDEXES.with(|c| {
+            *c.borrow_mut() = Some(Indexes {
+                cxt: pg_sys::AllocSetContextCreateInternal(
+                    pg_sys::TopMemoryContext,
+                    c"integrity bookings indexes".as_ptr(),
+                    0,
+                    1024,
+                    8 * 1024,
+                ),
+                oids: Vec::new(),
+                infos: Vec::new(),
+            })
+        });
+        None
+    };
+    if oids.is_empty() || oids.len() > MAX_INDEXES {
+        return remember_unsupported();
+    }
+    let cxt = pg_sys::AllocSetContextCreateInternal(
+        pg_sys::TopMemoryContext,
+        c"integrity bookings indexes".as_ptr(),
+        0,
+        8 * 1024,
+        8 * 1024 * 1024,
+    );
+    let old = pg_sys::MemoryContextSwitchTo(cxt);
+    let mut infos = Vec::with_capacity(oids.len());
+    let mut supported = true;
+    for &oid in &oids {
+        let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let am = (*(*index).rd_rel).relam;
+        if am != pg_sys::BTREE_AM_OID && am != pg_sys::GIST_AM_OID {
+            supported = false;
+        } else {
+            let info = pg_sys::BuildIndexInfo(index);
+            if !(*info).ii_Predicate.is_null() {
+                // What ExecPrepareQual does, into our context.
+                let planned = pg_sys::expression_planner((*info).ii_Predicate.cast());
+                (*info).ii_PredicateState = pg_sys::ExecInitQual(planned.cast(), null_mut());
+            }
+            infos.push(info);
+        }
+        pg_sys::index_close(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    }
+    pg_sys::MemoryContextSwitchTo(old);
+    if !supported {
+        pg_sys::MemoryContextDelete(cxt);
+        return remember_unsupported();
+    }
+    let mut padded = [Oid::INVALID; MAX_INDEXES];
+    padded[..oids.len()].copy_from_slice(&oids);
+    INDEX_OIDS.with(|c| c.set(padded));
+    INDEXES.with(|c| {
+        *c.borrow_mut() = Some(Indexes {
+            cxt,
+            oids: oids.clone(),
+            infos: infos.clone(),
+        })
     });
+    Some((oids, infos))
 }
 
 /// The policy as sql/booking.sql creates it, as `pg_get_expr` prints it.
@@ -442,7 +597,26 @@ pub fn insert(
         let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
             .cast::<pg_sys::ResultRelInfo>();
         pg_sys::InitResultRelInfo(rri, rel, 1, null_mut(), 0);
-        pg_sys::ExecOpenIndices(rri, false);
+        match open_kept_indexes(rel) {
+            // ExecOpenIndices with the kept IndexInfos: the indexes are
+            // opened and locked as it opens them, and closed again below
+            // by ExecCloseIndices.
+            Some((descs, infos)) => {
+                let n = descs.len();
+                let d = pg_sys::palloc(n * std::mem::size_of::<pg_sys::Relation>())
+                    .cast::<pg_sys::Relation>();
+                let k = pg_sys::palloc(n * std::mem::size_of::<*mut pg_sys::IndexInfo>())
+                    .cast::<*mut pg_sys::IndexInfo>();
+                for i in 0..n {
+                    *d.add(i) = descs[i];
+                    *k.add(i) = infos[i];
+                }
+                (*rri).ri_NumIndices = n as i32;
+                (*rri).ri_IndexRelationDescs = d;
+                (*rri).ri_IndexRelationInfo = k;
+            }
+            None => pg_sys::ExecOpenIndices(rri, false),
+        }
         pg_sys::table_tuple_insert(rel, slot, pg_sys::GetCurrentCommandId(true), 0, null_mut());
         // noDupErr with the constraint's index as the only arbiter: an
         // overlap comes back as that index in the list instead of 23P01,
