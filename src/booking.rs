@@ -2,20 +2,23 @@
 //! isolation level and under any concurrency; conflicts come back as data.
 //!
 //! How the guarantee is made:
-//! 1. Writers lock before they look. `book` takes the resource's advisory
-//!    lock `integrity.lock_key('booking', org_id::text, resource_id::text)`
-//!    in SHARE mode and, under READ COMMITTED, an EXCLUSIVE lock on each hour
+//! 0. A slot that is already taken needs no lock: when a connection's
+//!    recent requests often find their slot taken, `book` probes first and
+//!    answers `slot_taken` without locking or writing.
+//! 1. Writers lock before they write. `book` takes the table's ROW EXCLUSIVE
+//!    lock, then the resource's advisory lock
+//!    `integrity.lock_key('booking', org_id::text, resource_id::text)` in
+//!    SHARE mode and, under READ COMMITTED, an EXCLUSIVE lock on each hour
 //!    of the resource its booking touches (ascending, so bookers never
 //!    deadlock). Overlapping requests share an hour and queue, whatever their
 //!    start times; requests for other hours run in parallel. `wait => false`,
 //!    `reschedule` and application code take the resource lock EXCLUSIVE
 //!    instead (`wait => false` answers `busy` rather than waiting).
-//! 2. Holding those locks under READ COMMITTED, no overlapping booking is in
-//!    flight and the next snapshot sees every committed one, so the claim is
-//!    exact: a plain INSERT in a subtransaction, whose 23P01 means "taken"
-//!    (one GiST probe), while this backend's claims rarely conflict; and
-//!    `INSERT … WHERE NOT EXISTS (overlap)` (no failed insert to undo) once
-//!    more than one in four do.
+//! 2. Holding those locks under READ COMMITTED, no overlapping booking made
+//!    through integrity.* is in flight, so the claim is exact: the row is
+//!    inserted and the exclusion constraint's own check, which sees every
+//!    committed row, decides; an overlap it finds comes back as data and the
+//!    row is deleted again (`direct::insert`, no subtransaction).
 //! 3. Where that does not hold (REPEATABLE READ / SERIALIZABLE, whose
 //!    snapshot predates the locks; bookings longer than a day; a transaction
 //!    past its budget of hour locks) the claim is `INSERT … ON CONFLICT DO
@@ -24,6 +27,9 @@
 //!    snapshot cannot see raises 40001 for the client to retry.
 //! 4. The exclusion constraint `bookings_no_overlap` is the last line of
 //!    defence for whatever writes the table without our locks.
+//!
+//! The probe and the exact claim run without SQL (`direct`) wherever a
+//! statement would do the same thing; otherwise SQL does them.
 //!
 //! A claim that finds the slot taken answers
 //! `{"ok":false,"reason":"slot_taken","conflicts":[…]}`, never 23P01.
