@@ -632,7 +632,10 @@ pub fn insert(
             &mut speculative_conflict,
             arbiters,
         );
-        let taken = !violated.is_null();
+        // Only our constraint's index in the list means an overlap (a
+        // deferrable constraint would also be listed, for a later recheck,
+        // but those come with triggers, which send book to SQL).
+        let taken = pg_sys::list_member_oid(violated, index_id);
         // Later commands of this transaction see the row (or its deletion).
         pg_sys::CommandCounterIncrement();
         if taken {
