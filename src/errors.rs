@@ -19,6 +19,9 @@ pub enum Kind {
     DatetimeOutOfRange,
     /// 42704: a named object (role, …) does not exist.
     UndefinedObject,
+    /// 55000: the object is not in the state the call needs (an idempotency
+    /// key that was never begun, or is no longer processing).
+    NotInPrerequisiteState,
 }
 
 impl Kind {
@@ -28,6 +31,9 @@ impl Kind {
             Kind::InvalidParameter => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             Kind::DatetimeOutOfRange => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
             Kind::UndefinedObject => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            Kind::NotInPrerequisiteState => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ mod plans;
 mod access;
 /// Booking: no two active bookings of one resource ever overlap.
 mod booking;
+/// Idempotency keys: a retried request takes effect once; its response is replayed.
+mod idempotency;
 /// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
 mod keys;
 

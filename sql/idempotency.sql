@@ -1,0 +1,50 @@
+-- Idempotency keys: a request retried with the same key has its effect once.
+
+CREATE TABLE integrity.idempotency_keys (
+    org_id          uuid        NOT NULL,
+    scope           text        NOT NULL,
+    key             text        NOT NULL,
+    fingerprint     text        NOT NULL,
+    status          text        NOT NULL DEFAULT 'processing',
+    retryable       boolean,
+    response_code   integer,
+    response        jsonb,
+    recovery_point  text,
+    lease           interval    NOT NULL,
+    locked_until    timestamptz,
+    attempts        integer     NOT NULL DEFAULT 1,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    completed_at    timestamptz,
+    expires_at      timestamptz NOT NULL,
+    PRIMARY KEY (org_id, scope, key),
+    CONSTRAINT idempotency_keys_status_check CHECK (status IN ('processing', 'completed', 'failed'))
+);
+CREATE INDEX idempotency_keys_expires_idx ON integrity.idempotency_keys (expires_at);
+
+COMMENT ON TABLE integrity.idempotency_keys IS
+'One row per (org_id, scope, key): the request''s fingerprint, whether its work is processing (under a lease), completed or failed, and the response replayed to retries. Written through integrity.idem_begin / idem_checkpoint / idem_complete / idem_fail; purged by integrity.purge_idempotency_keys.';
+COMMENT ON COLUMN integrity.idempotency_keys.org_id IS 'Tenant. The same key under two org_ids is two keys.';
+COMMENT ON COLUMN integrity.idempotency_keys.scope IS 'What the key is for, e.g. the endpoint (''POST /charges''). Keys are unique per (org_id, scope).';
+COMMENT ON COLUMN integrity.idempotency_keys.key IS 'The client''s idempotency key (1 to 255 bytes).';
+COMMENT ON COLUMN integrity.idempotency_keys.fingerprint IS 'integrity.fingerprint(request) of the request that first used the key; a different request under the key is a mismatch.';
+COMMENT ON COLUMN integrity.idempotency_keys.status IS 'processing (work under way, see locked_until), completed (response stored), or failed.';
+COMMENT ON COLUMN integrity.idempotency_keys.retryable IS 'For failed keys: true lets the next idem_begin start again; false makes the stored failure the replayed answer.';
+COMMENT ON COLUMN integrity.idempotency_keys.response_code IS 'Status code stored by idem_complete (or idem_fail), replayed to retries.';
+COMMENT ON COLUMN integrity.idempotency_keys.response IS 'Response body stored by idem_complete (or the error of idem_fail), replayed to retries.';
+COMMENT ON COLUMN integrity.idempotency_keys.recovery_point IS 'Last step recorded by idem_checkpoint; handed to whoever resumes after the lease ran out.';
+COMMENT ON COLUMN integrity.idempotency_keys.lease IS 'How long a holder may work before others may resume; idem_checkpoint extends locked_until by it.';
+COMMENT ON COLUMN integrity.idempotency_keys.locked_until IS 'End of the current holder''s lease (processing only).';
+COMMENT ON COLUMN integrity.idempotency_keys.attempts IS 'How many times work on the key was started (1 + resumes + retries after retryable failures).';
+COMMENT ON COLUMN integrity.idempotency_keys.created_at IS 'When the key was first used (or reused after expiring).';
+COMMENT ON COLUMN integrity.idempotency_keys.completed_at IS 'When it was completed or failed.';
+COMMENT ON COLUMN integrity.idempotency_keys.expires_at IS 'After this the key is forgotten: idem_begin starts afresh and purge_idempotency_keys removes it.';
+COMMENT ON CONSTRAINT idempotency_keys_status_check ON integrity.idempotency_keys IS 'status is processing, completed or failed.';
+COMMENT ON INDEX integrity.idempotency_keys_expires_idx IS 'Finds expired keys for purge_idempotency_keys.';
+
+ALTER TABLE integrity.idempotency_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY idempotency_keys_org_scope ON integrity.idempotency_keys
+    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+COMMENT ON POLICY idempotency_keys_org_scope ON integrity.idempotency_keys IS
+'Rows of the tenant in integrity.org_id only, when that GUC is set.';
+
+SELECT pg_catalog.pg_extension_config_dump('integrity.idempotency_keys', '');

@@ -1,0 +1,499 @@
+//! Idempotency keys: a request retried with the same key has its effect
+//! once, and the stored response is replayed.
+//!
+//! `idem_begin` claims a key with `INSERT … ON CONFLICT DO NOTHING` on the
+//! primary key. In single-transaction use (begin → business write →
+//! complete → COMMIT) a concurrent duplicate's insert waits on the first
+//! transaction's uncommitted row, as a unique index makes it: if the first
+//! commits, the duplicate finds the completed key and replays it; if the
+//! first rolls back, its row never existed and the duplicate starts. So
+//! there is no `in_progress` window in that mode. In multi-transaction use
+//! the key stays `processing` under a lease (`locked_until`); duplicates
+//! get `in_progress` until the lease runs out, then `resumed` with the
+//! holder's last `recovery_point`.
+
+use crate::errors::{raise, required, Kind, OrBug};
+use crate::jsonb::Jsonb;
+use crate::keys::fingerprint_of;
+use crate::plans::{run, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+pgrx::extension_sql_file!(
+    "../sql/idempotency.sql",
+    name = "idempotency_tables",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/idempotency_api.sql",
+    name = "idempotency_api",
+    requires = [
+        "idempotency_tables",
+        idem_begin,
+        idem_checkpoint,
+        idem_complete,
+        idem_fail,
+        purge_idempotency_keys
+    ]
+);
+
+const UUID: Oid = pg_sys::UUIDOID;
+const TEXT: Oid = pg_sys::TEXTOID;
+const INTERVAL: Oid = pg_sys::INTERVALOID;
+const JSONB: Oid = pg_sys::JSONBOID;
+const INT4: Oid = pg_sys::INT4OID;
+const BOOL: Oid = pg_sys::BOOLOID;
+
+/// Longest key accepted, in bytes (Stripe's limit).
+const MAX_KEY_BYTES: usize = 255;
+
+static CLAIM: Stmt = Stmt {
+    sql: "INSERT INTO integrity.idempotency_keys AS k
+              (org_id, scope, key, fingerprint, lease, locked_until, expires_at)
+          VALUES ($1, $2, $3, $4, $5, pg_catalog.clock_timestamp() + $5,
+                  pg_catalog.clock_timestamp() + $6)
+          ON CONFLICT (org_id, scope, key) DO NOTHING
+          RETURNING k.attempts",
+    args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
+    writes: true,
+};
+
+/// The existing key, locked, with what each outcome needs.
+static EXISTING: Stmt = Stmt {
+    sql: "SELECT k.fingerprint, k.status, k.retryable, k.recovery_point, k.attempts,
+                 k.expires_at <= pg_catalog.clock_timestamp() AS expired,
+                 pg_catalog.ceil(pg_catalog.date_part('epoch',
+                     k.locked_until - pg_catalog.clock_timestamp()) * 1000)::int8 AS lease_left_ms,
+                 pg_catalog.jsonb_build_object('outcome', 'replay',
+                     'response_code', k.response_code, 'response', k.response) AS replay
+          FROM integrity.idempotency_keys k
+          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3
+          FOR UPDATE",
+    args: &[UUID, TEXT, TEXT],
+    writes: true,
+};
+
+/// An expired key is used afresh, as if it had never been.
+static RESTART: Stmt = Stmt {
+    sql: "UPDATE integrity.idempotency_keys
+          SET fingerprint = $4, status = 'processing', retryable = NULL,
+              response_code = NULL, response = NULL, recovery_point = NULL,
+              lease = $5, locked_until = pg_catalog.clock_timestamp() + $5, attempts = 1,
+              created_at = pg_catalog.clock_timestamp(), completed_at = NULL,
+              expires_at = pg_catalog.clock_timestamp() + $6
+          WHERE org_id = $1 AND scope = $2 AND key = $3",
+    args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
+    writes: true,
+};
+
+/// A new attempt at a key: after a retryable failure ($5 = true clears the
+/// recovery point) or when the holder's lease ran out (keeps it).
+static RETAKE: Stmt = Stmt {
+    sql: "UPDATE integrity.idempotency_keys
+          SET status = 'processing', retryable = NULL, response_code = NULL, response = NULL,
+              completed_at = NULL, lease = $4, locked_until = pg_catalog.clock_timestamp() + $4,
+              attempts = attempts + 1,
+              recovery_point = CASE WHEN $5 THEN NULL ELSE recovery_point END
+          WHERE org_id = $1 AND scope = $2 AND key = $3
+          RETURNING attempts",
+    args: &[UUID, TEXT, TEXT, INTERVAL, BOOL],
+    writes: true,
+};
+
+/// Where a key is, for the error a call on it gets.
+static STATE: Stmt = Stmt {
+    sql: "SELECT k.status, k.locked_until > pg_catalog.clock_timestamp()
+          FROM integrity.idempotency_keys k
+          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3",
+    args: &[UUID, TEXT, TEXT],
+    writes: false,
+};
+
+static CHECKPOINT: Stmt = Stmt {
+    sql: "UPDATE integrity.idempotency_keys k
+          SET recovery_point = $4, locked_until = pg_catalog.clock_timestamp() + k.lease
+          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3
+            AND k.status = 'processing' AND k.locked_until > pg_catalog.clock_timestamp()
+          RETURNING pg_catalog.jsonb_build_object('ok', true, 'recovery_point', k.recovery_point,
+                                                  'locked_until', k.locked_until)",
+    args: &[UUID, TEXT, TEXT, TEXT],
+    writes: true,
+};
+
+static COMPLETE: Stmt = Stmt {
+    sql: "UPDATE integrity.idempotency_keys k
+          SET status = 'completed', response_code = $4, response = $5,
+              completed_at = pg_catalog.clock_timestamp(), locked_until = NULL
+          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3
+            AND k.status = 'processing' AND k.locked_until > pg_catalog.clock_timestamp()
+          RETURNING pg_catalog.jsonb_build_object('ok', true, 'status', k.status,
+                                                  'attempts', k.attempts)",
+    args: &[UUID, TEXT, TEXT, INT4, JSONB],
+    writes: true,
+};
+
+static FAIL: Stmt = Stmt {
+    sql:
+        "UPDATE integrity.idempotency_keys k
+          SET status = 'failed', retryable = $4, response = $5, response_code = $6,
+              completed_at = pg_catalog.clock_timestamp(), locked_until = NULL
+          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3
+            AND k.status = 'processing' AND k.locked_until > pg_catalog.clock_timestamp()
+          RETURNING pg_catalog.jsonb_build_object('ok', true, 'status', k.status,
+                                                  'retryable', k.retryable, 'attempts', k.attempts)",
+    args: &[UUID, TEXT, TEXT, BOOL, JSONB, INT4],
+    writes: true,
+};
+
+static PURGE: Stmt = Stmt {
+    sql: "WITH gone AS (
+              DELETE FROM integrity.idempotency_keys
+              WHERE expires_at < pg_catalog.clock_timestamp() - $1
+              RETURNING 1)
+          SELECT pg_catalog.count(*) FROM gone",
+    args: &[INTERVAL],
+    writes: true,
+};
+
+// ---------------------------------------------------------------------------
+// Argument checks
+
+struct Key<'a> {
+    org_id: pgrx::datum::Uuid,
+    scope: &'a str,
+    key: &'a str,
+}
+
+impl Key<'_> {
+    fn args(&self) -> [DatumWithOid<'static>; 3] {
+        [
+            self.org_id.into(),
+            self.scope.to_string().into(),
+            self.key.to_string().into(),
+        ]
+    }
+}
+
+fn key_args<'a>(
+    f: &'static str,
+    org_id: Option<pgrx::datum::Uuid>,
+    scope: Option<&'a str>,
+    key: Option<&'a str>,
+) -> Key<'a> {
+    let org_id = required(org_id, f, "org_id");
+    let scope = required(scope, f, "scope");
+    let key = required(key, f, "key");
+    if scope.is_empty() {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            "scope must not be empty",
+            "Name what the key is for, such as 'POST /charges'.",
+        );
+    }
+    if key.is_empty() {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            "key must not be empty",
+            "Pass the client's Idempotency-Key, 1 to 255 bytes.",
+        );
+    }
+    if key.len() > MAX_KEY_BYTES {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "key must be at most {MAX_KEY_BYTES} bytes, got {}",
+                key.len()
+            ),
+            "Use a UUID or another short unique string as the idempotency key.",
+        );
+    }
+    Key { org_id, scope, key }
+}
+
+fn positive(f: &'static str, arg: &'static str, i: Option<Interval>) -> Interval {
+    let i = required(i, f, arg);
+    if i.as_micros() <= 0 {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("{arg} must be positive"),
+            format!("Pass a positive interval for {arg}, such as '5 minutes'."),
+        );
+    }
+    i
+}
+
+/// The 55000 a call on a key that is not processing under a live lease gets.
+fn not_processing(client: &SpiClient<'_>, f: &'static str, k: &Key<'_>) -> ! {
+    let state = client
+        .select(STATE.sql, Some(1), &k.args())
+        .or_bug(STATE.sql);
+    let (what, hint) = if state.is_empty() {
+        (
+            "was never begun".to_string(),
+            "Call integrity.idem_begin first and act only on outcome started or resumed.",
+        )
+    } else {
+        let row = state.first();
+        let status = row.get::<String>(1).or_bug(STATE.sql).unwrap_or_default();
+        let live = row.get::<bool>(2).or_bug(STATE.sql).unwrap_or(false);
+        if status == "processing" && !live {
+            (
+                "is processing under a lease that has run out".to_string(),
+                "Another attempt may resume it. Keep the lease longer than the work, or call integrity.idem_checkpoint to extend it.",
+            )
+        } else {
+            (
+                format!("is {status}, not processing"),
+                "A key is completed or failed once; a retry must call integrity.idem_begin, which replays or starts again.",
+            )
+        }
+    };
+    raise(
+        Kind::NotInPrerequisiteState,
+        f,
+        format!("idempotency key {:?} in scope {:?} {what}", k.key, k.scope),
+        hint,
+    )
+}
+
+fn outcome(text: String) -> Jsonb {
+    Jsonb::from_text(&text)
+}
+
+// ---------------------------------------------------------------------------
+// SQL functions
+
+/// Claim an idempotency key for a request, or say what to do instead.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn idem_begin(
+    org_id: Option<pgrx::datum::Uuid>,
+    scope: Option<&str>,
+    key: Option<&str>,
+    request: Option<Jsonb>,
+    lease: default!(Option<Interval>, "'5 minutes'"),
+    ttl: default!(Option<Interval>, "'24 hours'"),
+) -> Jsonb {
+    const F: &str = "integrity.idem_begin";
+    let k = key_args(F, org_id, scope, key);
+    let request = required(request, F, "request");
+    let lease = positive(F, "lease", lease);
+    let ttl = positive(F, "ttl", ttl);
+    let fingerprint = fingerprint_of(request.text().as_bytes());
+
+    Spi::connect_mut(|client| {
+        let [o, s, kk] = k.args();
+        let claim_args = [
+            o,
+            s,
+            kk,
+            fingerprint.clone().into(),
+            lease.into(),
+            ttl.into(),
+        ];
+        // A key purged between our insert and our look is claimed again.
+        for _ in 0..3 {
+            let claimed = run(client, &CLAIM, Some(1), &claim_args);
+            if !claimed.is_empty() {
+                return outcome(r#"{"outcome": "started", "attempt": 1}"#.into());
+            }
+            let row = run(client, &EXISTING, Some(1), &k.args());
+            if row.is_empty() {
+                continue;
+            }
+            let row = row.first();
+            let stored = row
+                .get::<String>(1)
+                .or_bug(EXISTING.sql)
+                .unwrap_or_default();
+            let status = row
+                .get::<String>(2)
+                .or_bug(EXISTING.sql)
+                .unwrap_or_default();
+            let retryable = row.get::<bool>(3).or_bug(EXISTING.sql);
+            let recovery = row.get::<String>(4).or_bug(EXISTING.sql);
+            let expired = row.get::<bool>(6).or_bug(EXISTING.sql).unwrap_or(false);
+            let lease_left = row.get::<i64>(7).or_bug(EXISTING.sql);
+            if expired {
+                run(client, &RESTART, None, &claim_args);
+                return outcome(r#"{"outcome": "started", "attempt": 1}"#.into());
+            }
+            if stored != fingerprint {
+                return outcome(r#"{"outcome": "mismatch"}"#.into());
+            }
+            let retake = |client: &mut SpiClient<'_>, fresh: bool| -> i32 {
+                let [o, s, kk] = k.args();
+                run(
+                    client,
+                    &RETAKE,
+                    Some(1),
+                    &[o, s, kk, lease.into(), fresh.into()],
+                )
+                .first()
+                .get_one::<i32>()
+                .or_bug(RETAKE.sql)
+                .unwrap_or(0)
+            };
+            return match (status.as_str(), retryable) {
+                ("completed", _) | ("failed", Some(false)) => row
+                    .get_datum_by_ordinal(8)
+                    .or_bug(EXISTING.sql)
+                    .map(Jsonb::from_spi)
+                    .unwrap_or_else(|| crate::errors::bug("replay answer")),
+                ("failed", _) => {
+                    let attempt = retake(client, true);
+                    outcome(format!(r#"{{"outcome": "started", "attempt": {attempt}}}"#))
+                }
+                _ => match lease_left {
+                    Some(ms) if ms > 0 => outcome(format!(
+                        r#"{{"outcome": "in_progress", "retry_after_ms": {ms}}}"#
+                    )),
+                    _ => {
+                        let attempt = retake(client, false);
+                        let rp = serde_json::Value::from(recovery);
+                        outcome(format!(
+                            r#"{{"outcome": "resumed", "recovery_point": {rp}, "attempt": {attempt}}}"#
+                        ))
+                    }
+                },
+            };
+        }
+        crate::errors::bug("idempotency key vanished three times while being claimed")
+    })
+}
+
+/// Record how far the work got and extend the lease.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn idem_checkpoint(
+    org_id: Option<pgrx::datum::Uuid>,
+    scope: Option<&str>,
+    key: Option<&str>,
+    recovery_point: Option<&str>,
+) -> Jsonb {
+    const F: &str = "integrity.idem_checkpoint";
+    let k = key_args(F, org_id, scope, key);
+    let rp = required(recovery_point, F, "recovery_point");
+    Spi::connect_mut(|client| {
+        let [o, s, kk] = k.args();
+        let r = run(
+            client,
+            &CHECKPOINT,
+            Some(1),
+            &[o, s, kk, rp.to_string().into()],
+        );
+        if r.is_empty() {
+            not_processing(client, F, &k);
+        }
+        r.first()
+            .get_datum_by_ordinal(1)
+            .or_bug(CHECKPOINT.sql)
+            .map(Jsonb::from_spi)
+            .unwrap_or_else(|| crate::errors::bug("checkpoint answer"))
+    })
+}
+
+/// Store the response; retries with the same key replay it.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn idem_complete(
+    org_id: Option<pgrx::datum::Uuid>,
+    scope: Option<&str>,
+    key: Option<&str>,
+    response_code: Option<i32>,
+    response: Option<Jsonb>,
+) -> Jsonb {
+    const F: &str = "integrity.idem_complete";
+    let k = key_args(F, org_id, scope, key);
+    let code = required(response_code, F, "response_code");
+    Spi::connect_mut(|client| {
+        let [o, s, kk] = k.args();
+        let r = run(
+            client,
+            &COMPLETE,
+            Some(1),
+            &[o, s, kk, code.into(), response.into()],
+        );
+        if r.is_empty() {
+            not_processing(client, F, &k);
+        }
+        r.first()
+            .get_datum_by_ordinal(1)
+            .or_bug(COMPLETE.sql)
+            .map(Jsonb::from_spi)
+            .unwrap_or_else(|| crate::errors::bug("complete answer"))
+    })
+}
+
+/// Record a failure: retryable lets the next begin start again; otherwise
+/// the failure is the stored answer, replayed to retries.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn idem_fail(
+    org_id: Option<pgrx::datum::Uuid>,
+    scope: Option<&str>,
+    key: Option<&str>,
+    retryable: default!(Option<bool>, true),
+    error: default!(Option<Jsonb>, "NULL"),
+    response_code: default!(Option<i32>, "NULL"),
+) -> Jsonb {
+    const F: &str = "integrity.idem_fail";
+    let k = key_args(F, org_id, scope, key);
+    let retryable = required(retryable, F, "retryable");
+    Spi::connect_mut(|client| {
+        let [o, s, kk] = k.args();
+        let r = run(
+            client,
+            &FAIL,
+            Some(1),
+            &[
+                o,
+                s,
+                kk,
+                retryable.into(),
+                error.into(),
+                response_code.into(),
+            ],
+        );
+        if r.is_empty() {
+            not_processing(client, F, &k);
+        }
+        r.first()
+            .get_datum_by_ordinal(1)
+            .or_bug(FAIL.sql)
+            .map(Jsonb::from_spi)
+            .unwrap_or_else(|| crate::errors::bug("fail answer"))
+    })
+}
+
+/// Remove keys whose `expires_at` is more than `older_than` in the past
+/// (default: any past `expires_at`); how many were removed.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64 {
+    const F: &str = "integrity.purge_idempotency_keys";
+    let older_than = older_than.unwrap_or_else(|| {
+        Interval::new(0, 0, 0).unwrap_or_else(|_| crate::errors::bug("zero interval"))
+    });
+    if older_than.as_micros() < 0 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            "older_than must not be negative",
+            "Omit it to remove every expired key, or pass e.g. '7 days' to keep expired keys a week longer.",
+        );
+    }
+    Spi::connect_mut(|client| {
+        run(client, &PURGE, Some(1), &[older_than.into()])
+            .first()
+            .get_one::<i64>()
+            .or_bug(PURGE.sql)
+            .unwrap_or(0)
+    })
+}
