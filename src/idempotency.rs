@@ -497,3 +497,207 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
             .unwrap_or(0)
     })
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::{json, sqlstate};
+    use pgrx::prelude::*;
+
+    const ORG: &str = "00000000-0000-0000-0000-0000000000e1";
+    const ORG2: &str = "00000000-0000-0000-0000-0000000000e2";
+
+    fn begin(key: &str, request: &str, extra: &str) -> serde_json::Value {
+        json(&format!(
+            "SELECT integrity.idem_begin('{ORG}', 'POST /charges', '{key}', '{request}'{extra})"
+        ))
+    }
+
+    #[pg_test]
+    fn started_then_replayed_mismatch_and_tenants() {
+        assert_eq!(begin("a", r#"{"amount": 100}"#, "")["outcome"], "started");
+        // While processing (multi-transaction use), a duplicate is told to wait.
+        let busy = begin("a", r#"{"amount":100}"#, "");
+        assert_eq!(busy["outcome"], "in_progress", "{busy}");
+        let ms = busy["retry_after_ms"].as_i64().unwrap();
+        assert!(ms > 290_000 && ms <= 300_000, "{ms}");
+        // Same key, another request: refused, and the stored one is kept.
+        assert_eq!(begin("a", r#"{"amount": 200}"#, "")["outcome"], "mismatch");
+        let done = json(&format!(
+            "SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'a', 201, '{{\"id\": \"ch_1\"}}')"
+        ));
+        assert_eq!(done["ok"], true);
+        // Key order and whitespace do not change the request's fingerprint.
+        let r = begin("a", r#"{ "amount" : 100 }"#, "");
+        assert_eq!(r["outcome"], "replay");
+        assert_eq!(r["response_code"], 201);
+        assert_eq!(r["response"]["id"], "ch_1");
+        assert_eq!(begin("a", r#"{"amount": 200}"#, "")["outcome"], "mismatch");
+        // Another tenant, or another scope, is another key.
+        let other = json(&format!(
+            "SELECT integrity.idem_begin('{ORG2}', 'POST /charges', 'a', '{{\"amount\": 100}}')"
+        ));
+        assert_eq!(other["outcome"], "started");
+        let scope = json(&format!(
+            "SELECT integrity.idem_begin('{ORG}', 'POST /refunds', 'a', '{{\"amount\": 100}}')"
+        ));
+        assert_eq!(scope["outcome"], "started");
+    }
+
+    #[pg_test]
+    fn lease_checkpoint_resume_and_failures() {
+        assert_eq!(begin("b", "{}", ", lease => '1 ms'")["outcome"], "started");
+        Spi::run("SELECT pg_sleep(0.005)").unwrap();
+        // The lease ran out: the holder can no longer act ...
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.idem_checkpoint('{ORG}', 'POST /charges', 'b', 'step 1')"
+            )),
+            "55000"
+        );
+        // ... and the next caller resumes (attempt 2).
+        let r = begin("b", "{}", "");
+        assert_eq!(r["outcome"], "resumed", "{r}");
+        assert_eq!(r["attempt"], 2);
+        let cp = json(&format!(
+            "SELECT integrity.idem_checkpoint('{ORG}', 'POST /charges', 'b', 'charged')"
+        ));
+        assert_eq!(cp["recovery_point"], "charged");
+        // A retryable failure: the next begin starts again.
+        let f = json(&format!(
+            "SELECT integrity.idem_fail('{ORG}', 'POST /charges', 'b', retryable => true)"
+        ));
+        assert_eq!(f["status"], "failed");
+        let again = begin("b", "{}", "");
+        assert_eq!(again["outcome"], "started");
+        assert_eq!(again["attempt"], 3);
+        // A final failure is the stored answer.
+        json(&format!(
+            "SELECT integrity.idem_fail('{ORG}', 'POST /charges', 'b', retryable => false,
+                 error => '{{\"error\": \"card_declined\"}}', response_code => 402)"
+        ));
+        let replay = begin("b", "{}", "");
+        assert_eq!(replay["outcome"], "replay");
+        assert_eq!(replay["response_code"], 402);
+        assert_eq!(replay["response"]["error"], "card_declined");
+        // Completing or failing it again is a caller's mistake.
+        for call in [
+            "idem_complete('{ORG}', 'POST /charges', 'b', 200, NULL)",
+            "idem_fail('{ORG}', 'POST /charges', 'b')",
+            "idem_complete('{ORG}', 'POST /charges', 'never', 200, NULL)",
+        ] {
+            let sql = format!("SELECT integrity.{}", call.replace("{ORG}", ORG));
+            assert_eq!(sqlstate(&sql), "55000", "{sql}");
+        }
+    }
+
+    #[pg_test]
+    fn expired_keys_start_afresh_and_are_purged() {
+        assert_eq!(begin("c", "{}", ", ttl => '1 ms'")["outcome"], "started");
+        assert_eq!(begin("d", "{}", ", ttl => '1 ms'")["outcome"], "started");
+        Spi::run("SELECT pg_sleep(0.005)").unwrap();
+        // Expired: the key is free again, even for another request.
+        let r = begin("c", r#"{"other": true}"#, "");
+        assert_eq!(r["outcome"], "started", "{r}");
+        let purged = Spi::get_one::<i64>("SELECT integrity.purge_idempotency_keys()").unwrap();
+        assert_eq!(purged, Some(1), "only d is expired now");
+        let left = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM integrity.idempotency_keys WHERE org_id = '{ORG}' AND key IN ('c', 'd')"
+        ))
+        .unwrap();
+        assert_eq!(left, Some(1));
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT integrity.purge_idempotency_keys('1 day')").unwrap(),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn idem_bad_input_gets_a_clear_sqlstate() {
+        let long = "k".repeat(256);
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("SELECT integrity.idem_begin(NULL, 's', 'k', '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', NULL, 'k', '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', NULL, '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', '', 'k', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', '', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', '{long}', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => '0 s')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => '-1 s')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '0 s')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{bad')"),
+                "22P02",
+            ),
+            (
+                format!("SELECT integrity.idem_checkpoint('{ORG}', 's', 'k', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_complete('{ORG}', 's', 'k', NULL, '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_fail('{ORG}', 's', 'k', NULL)"),
+                "22004",
+            ),
+            (
+                "SELECT integrity.purge_idempotency_keys('-1 day')".to_string(),
+                "22023",
+            ),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(sqlstate(&sql), want, "{sql}");
+        }
+        // 255 bytes is accepted (multi-byte characters count as bytes).
+        let max = "é".repeat(127) + "k";
+        assert_eq!(
+            json(&format!(
+                "SELECT integrity.idem_begin('{ORG}', 's', '{max}', '{{}}')"
+            ))["outcome"],
+            "started"
+        );
+        let over = "é".repeat(128);
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.idem_begin('{ORG}', 's', '{over}', '{{}}')"
+            )),
+            "22023"
+        );
+    }
+}
