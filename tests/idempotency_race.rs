@@ -1,0 +1,217 @@
+//! Idempotency keys from real clients: 32 connections send the same key at
+//! the same moment, each in one transaction with its business insert;
+//! exactly one insert survives and every other client replays its answer.
+//! Again with the first holder rolling back. And a multi-transaction holder
+//! whose backend dies mid-work is resumed from its recovery point once its
+//! lease runs out.
+
+mod common;
+
+use common::Cluster;
+use serde_json::Value;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+const ORG: &str = "0000000a-0000-0000-0000-000000000000";
+const CLIENTS: usize = 32;
+
+fn setup(cluster: &Cluster) {
+    cluster
+        .connect()
+        .batch_execute(
+            "CREATE TABLE charges (id serial PRIMARY KEY, key text NOT NULL, amount int NOT NULL)",
+        )
+        .unwrap();
+}
+
+fn begin(c: &mut postgres::Client, key: &str) -> Value {
+    let s: String = c
+        .query_one(
+            &format!(
+                "SELECT integrity.idem_begin('{ORG}', 'POST /charges', '{key}', '{{\"amount\": 100}}')::text"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&s).unwrap()
+}
+
+/// One request in single-transaction mode: begin, and if started, insert
+/// the charge and complete with its id. Returns (outcome, response).
+fn request(
+    c: &mut postgres::Client,
+    key: &str,
+    rollback_after: Option<Duration>,
+) -> (String, Value) {
+    c.batch_execute("BEGIN").unwrap();
+    let r = begin(c, key);
+    let outcome = r["outcome"].as_str().unwrap_or_default().to_string();
+    if outcome != "started" {
+        c.batch_execute("COMMIT").unwrap();
+        return (outcome, r["response"].clone());
+    }
+    let id: i32 = c
+        .query_one(
+            "INSERT INTO charges (key, amount) VALUES ($1, 100) RETURNING id",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    if let Some(wait) = rollback_after {
+        std::thread::sleep(wait);
+        c.batch_execute("ROLLBACK").unwrap();
+        return ("rolled_back".into(), Value::Null);
+    }
+    let s: String = c
+        .query_one(
+            &format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /charges', '{key}', 201, jsonb_build_object('charge_id', {id}))::text"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let done: Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(done["ok"], true, "{done}");
+    c.batch_execute("COMMIT").unwrap();
+    (outcome, serde_json::json!({ "charge_id": id }))
+}
+
+fn charges(cluster: &Cluster, key: &str) -> i64 {
+    cluster
+        .connect()
+        .query_one("SELECT count(*) FROM charges WHERE key = $1", &[&key])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn simultaneous_duplicates_take_effect_once_and_replay() {
+    let cluster = Cluster::start();
+    setup(&cluster);
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let results: Vec<(String, Value)> = (0..CLIENTS)
+        .map(|_| {
+            let ci = cluster.conninfo();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
+                b.wait();
+                request(&mut c, "same-moment", None)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let started: Vec<&(String, Value)> = results.iter().filter(|r| r.0 == "started").collect();
+    assert_eq!(started.len(), 1, "{results:?}");
+    let answer = &started[0].1;
+    for (outcome, response) in &results {
+        assert!(outcome == "started" || outcome == "replay", "{outcome}");
+        assert_eq!(response, answer, "every client sees the one answer");
+    }
+    assert_eq!(charges(&cluster, "same-moment"), 1);
+}
+
+#[test]
+fn duplicates_of_a_rolled_back_request_start_once() {
+    let cluster = Cluster::start();
+    setup(&cluster);
+    // The first holder begins and inserts, keeps its transaction open while
+    // the others arrive (they wait on its row), then rolls back.
+    let first = {
+        let ci = cluster.conninfo();
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
+            request(&mut c, "rolled-back", Some(Duration::from_millis(700)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let results: Vec<(String, Value)> = (0..CLIENTS - 1)
+        .map(|_| {
+            let ci = cluster.conninfo();
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
+                request(&mut c, "rolled-back", None)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(first.join().unwrap().0, "rolled_back");
+    let started: Vec<&(String, Value)> = results.iter().filter(|r| r.0 == "started").collect();
+    assert_eq!(
+        started.len(),
+        1,
+        "exactly one duplicate starts after the rollback: {results:?}"
+    );
+    for (outcome, response) in &results {
+        assert!(outcome == "started" || outcome == "replay", "{outcome}");
+        assert_eq!(response, &started[0].1);
+    }
+    assert_eq!(
+        charges(&cluster, "rolled-back"),
+        1,
+        "no trace of the rolled-back charge"
+    );
+}
+
+#[test]
+fn a_dead_holder_is_resumed_from_its_recovery_point() {
+    let cluster = Cluster::start();
+    let mut a = cluster.connect();
+    let key = "multi-step";
+    let r: String = a
+        .query_one(
+            &format!("SELECT integrity.idem_begin('{ORG}', 'POST /charges', '{key}', '{{}}', lease => '1 second')::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(r.contains(r#""started""#), "{r}");
+    a.batch_execute(&format!(
+        "SELECT integrity.idem_checkpoint('{ORG}', 'POST /charges', '{key}', 'payment_captured')"
+    ))
+    .unwrap();
+    // A dies in the middle of its next step.
+    let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let mut b = cluster.connect();
+    let killed: bool = b
+        .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    let begin_b = |b: &mut postgres::Client| -> Value {
+        let s: String = b
+            .query_one(
+                &format!(
+                    "SELECT integrity.idem_begin('{ORG}', 'POST /charges', '{key}', '{{}}')::text"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        serde_json::from_str(&s).unwrap()
+    };
+    // Until A's lease runs out, B is told to come back later ...
+    let wait = begin_b(&mut b);
+    assert_eq!(wait["outcome"], "in_progress", "{wait}");
+    let ms = wait["retry_after_ms"].as_u64().unwrap();
+    assert!(ms <= 1000, "{ms}");
+    std::thread::sleep(Duration::from_millis(ms + 50));
+    // ... then resumes where A got to.
+    let resumed = begin_b(&mut b);
+    assert_eq!(resumed["outcome"], "resumed", "{resumed}");
+    assert_eq!(resumed["recovery_point"], "payment_captured");
+    assert_eq!(resumed["attempt"], 2);
+    b.batch_execute(&format!(
+        "SELECT integrity.idem_complete('{ORG}', 'POST /charges', '{key}', 200, '{{\"receipt\": \"r_1\"}}')"
+    ))
+    .unwrap();
+    let replay = begin_b(&mut b);
+    assert_eq!(replay["outcome"], "replay");
+    assert_eq!(replay["response"]["receipt"], "r_1");
+}
