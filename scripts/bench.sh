@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The booking benchmark (bench/run.rs): integrity.book against two baselines
-# on one throwaway cluster, printed as ratios. Arguments/env: see bench/run.rs.
+# Benchmarks on one throwaway cluster each, printed as ratios against a
+# baseline measured in the same run:
+#   bash scripts/bench.sh               booking (bench/run.rs; env: see there)
+#   bash scripts/bench.sh idempotency   idempotency keys (bench/idempotency.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 install_extension
-cargo build --quiet --release --features client --example bench
-exec ./target/release/examples/bench "$@"
+cargo build --quiet --release --features client --example bench --example bench_idempotency
+case "${1:-booking}" in
+  booking) shift || true; exec ./target/release/examples/bench "$@" ;;
+  idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
+  *) exec ./target/release/examples/bench "$@" ;;
+esac
