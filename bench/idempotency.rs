@@ -13,6 +13,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod env;
 
 use common::Cluster;
 use std::time::{Duration, Instant};
@@ -81,21 +82,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let clients: Vec<usize> = std::env::var("BENCH_CLIENTS")
-        .unwrap_or_else(|_| "1,16".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let settings_env = std::env::var("BENCH_SETTINGS").unwrap_or_default();
-    let settings: Vec<&str> = settings_env.split_whitespace().collect();
+    let secs: f64 = env::var("BENCH_SECONDS", 4.0);
+    let rounds: usize = env::var("BENCH_ROUNDS", 3);
+    let clients = env::clients("1,16");
+    let settings_owned = env::settings();
+    let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);
     let mut admin = cluster.connect();
     admin

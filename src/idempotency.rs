@@ -276,6 +276,31 @@ fn not_processing(client: &SpiClient<'_>, f: &'static str, k: &Key<'_>) -> ! {
     )
 }
 
+/// Apply one of the state changes a processing key allows (checkpoint,
+/// complete, fail): `stmt` takes the key's three arguments, then `extra`,
+/// and returns its answer; no row means the key is not processing under a
+/// live lease, which raises the 55000 that says why.
+fn transition(
+    f: &'static str,
+    k: &Key<'_>,
+    stmt: &'static Stmt,
+    extra: Vec<DatumWithOid<'_>>,
+) -> Jsonb {
+    Spi::connect_mut(|client| {
+        let mut args: Vec<DatumWithOid<'_>> = k.args().into();
+        args.extend(extra);
+        let r = run(client, stmt, Some(1), &args);
+        if r.is_empty() {
+            not_processing(client, f, k);
+        }
+        r.first()
+            .get_datum_by_ordinal(1)
+            .or_bug(stmt.sql)
+            .map(Jsonb::from_spi)
+            .unwrap_or_else(|| crate::errors::bug(stmt.sql))
+    })
+}
+
 fn outcome(text: String) -> Jsonb {
     Jsonb::from_text(&text)
 }
@@ -415,23 +440,7 @@ fn idem_checkpoint(
     const F: &str = "integrity.idem_checkpoint";
     let k = key_args(F, org_id, scope, key);
     let rp = required(recovery_point, F, "recovery_point");
-    Spi::connect_mut(|client| {
-        let [o, s, kk] = k.args();
-        let r = run(
-            client,
-            &CHECKPOINT,
-            Some(1),
-            &[o, s, kk, rp.to_string().into()],
-        );
-        if r.is_empty() {
-            not_processing(client, F, &k);
-        }
-        r.first()
-            .get_datum_by_ordinal(1)
-            .or_bug(CHECKPOINT.sql)
-            .map(Jsonb::from_spi)
-            .unwrap_or_else(|| crate::errors::bug("checkpoint answer"))
-    })
+    transition(F, &k, &CHECKPOINT, vec![rp.to_string().into()])
 }
 
 /// Store the response; retries with the same key replay it.
@@ -447,23 +456,7 @@ fn idem_complete(
     const F: &str = "integrity.idem_complete";
     let k = key_args(F, org_id, scope, key);
     let code = required(response_code, F, "response_code");
-    Spi::connect_mut(|client| {
-        let [o, s, kk] = k.args();
-        let r = run(
-            client,
-            &COMPLETE,
-            Some(1),
-            &[o, s, kk, code.into(), response.into()],
-        );
-        if r.is_empty() {
-            not_processing(client, F, &k);
-        }
-        r.first()
-            .get_datum_by_ordinal(1)
-            .or_bug(COMPLETE.sql)
-            .map(Jsonb::from_spi)
-            .unwrap_or_else(|| crate::errors::bug("complete answer"))
-    })
+    transition(F, &k, &COMPLETE, vec![code.into(), response.into()])
 }
 
 /// Record a failure: retryable lets the next begin start again; otherwise
@@ -481,30 +474,12 @@ fn idem_fail(
     const F: &str = "integrity.idem_fail";
     let k = key_args(F, org_id, scope, key);
     let retryable = required(retryable, F, "retryable");
-    Spi::connect_mut(|client| {
-        let [o, s, kk] = k.args();
-        let r = run(
-            client,
-            &FAIL,
-            Some(1),
-            &[
-                o,
-                s,
-                kk,
-                retryable.into(),
-                error.into(),
-                response_code.into(),
-            ],
-        );
-        if r.is_empty() {
-            not_processing(client, F, &k);
-        }
-        r.first()
-            .get_datum_by_ordinal(1)
-            .or_bug(FAIL.sql)
-            .map(Jsonb::from_spi)
-            .unwrap_or_else(|| crate::errors::bug("fail answer"))
-    })
+    transition(
+        F,
+        &k,
+        &FAIL,
+        vec![retryable.into(), error.into(), response_code.into()],
+    )
 }
 
 /// Remove keys whose `expires_at` is more than `older_than` in the past

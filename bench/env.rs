@@ -1,0 +1,27 @@
+//! Settings both benchmarks read from the environment.
+
+/// `name` parsed, or `default` when unset or unparsable.
+pub fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `BENCH_CLIENTS` as a list ("1,8,32"), or `default`.
+pub fn clients(default: &str) -> Vec<usize> {
+    std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// `BENCH_SETTINGS`: extra postgresql.conf lines for the throwaway cluster.
+pub fn settings() -> Vec<String> {
+    std::env::var("BENCH_SETTINGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
