@@ -1,11 +1,19 @@
 -- Idempotency keys: a request retried with the same key has its effect once.
 
+-- status as a domain, not a table CHECK: Postgres caches a domain's checks
+-- for the session, while a table CHECK is re-read and re-planned on every
+-- single-row INSERT and UPDATE (as booking_status does for bookings).
+CREATE DOMAIN integrity.idempotency_status AS text
+    CONSTRAINT idempotency_status_check CHECK (VALUE IN ('processing', 'completed', 'failed'));
+COMMENT ON DOMAIN integrity.idempotency_status IS
+'Status of an idempotency key: processing (work under way), completed (response stored) or failed.';
+
 CREATE TABLE integrity.idempotency_keys (
     org_id          uuid        NOT NULL,
     scope           text        NOT NULL,
     key             text        NOT NULL,
     fingerprint     text        NOT NULL,
-    status          text        NOT NULL DEFAULT 'processing',
+    status          integrity.idempotency_status NOT NULL DEFAULT 'processing',
     retryable       boolean,
     response_code   integer,
     response        jsonb,
@@ -16,8 +24,7 @@ CREATE TABLE integrity.idempotency_keys (
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     completed_at    timestamptz,
     expires_at      timestamptz NOT NULL,
-    PRIMARY KEY (org_id, scope, key),
-    CONSTRAINT idempotency_keys_status_check CHECK (status IN ('processing', 'completed', 'failed'))
+    PRIMARY KEY (org_id, scope, key)
 );
 CREATE INDEX idempotency_keys_expires_idx ON integrity.idempotency_keys (expires_at);
 
@@ -38,7 +45,6 @@ COMMENT ON COLUMN integrity.idempotency_keys.attempts IS 'How many times work on
 COMMENT ON COLUMN integrity.idempotency_keys.created_at IS 'When the key was first used (or reused after expiring).';
 COMMENT ON COLUMN integrity.idempotency_keys.completed_at IS 'When it was completed or failed.';
 COMMENT ON COLUMN integrity.idempotency_keys.expires_at IS 'After this the key is forgotten: idem_begin starts afresh and purge_idempotency_keys removes it.';
-COMMENT ON CONSTRAINT idempotency_keys_status_check ON integrity.idempotency_keys IS 'status is processing, completed or failed.';
 COMMENT ON INDEX integrity.idempotency_keys_expires_idx IS 'Finds expired keys for purge_idempotency_keys.';
 
 ALTER TABLE integrity.idempotency_keys ENABLE ROW LEVEL SECURITY;
