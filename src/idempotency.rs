@@ -49,16 +49,25 @@ const BOOL: Oid = pg_sys::BOOLOID;
 /// Longest key accepted, in bytes (Stripe's limit).
 const MAX_KEY_BYTES: usize = 255;
 
+/// The columns `KeyRow` reads, for `PEEK` and `EXISTING`.
+macro_rules! key_row_select {
+    () => {
+        "SELECT k.fingerprint, k.status, k.retryable, k.recovery_point,
+                k.expires_at <= pg_catalog.clock_timestamp() AS expired,
+                pg_catalog.ceil(pg_catalog.date_part('epoch',
+                    k.locked_until - pg_catalog.clock_timestamp()) * 1000)::int8 AS lease_left_ms,
+                pg_catalog.jsonb_build_object('outcome', 'replay',
+                    'response_code', k.response_code, 'response', k.response) AS replay
+         FROM integrity.idempotency_keys k
+         WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3"
+    };
+}
+
 /// The key as it stands, without locking it: a completed key (or one that
 /// failed for good) is final until it expires, so a replay needs no lock
 /// and writes nothing.
 static PEEK: Stmt = Stmt {
-    sql: "SELECT k.fingerprint, k.status, k.retryable,
-                 k.expires_at <= pg_catalog.clock_timestamp() AS expired,
-                 pg_catalog.jsonb_build_object('outcome', 'replay',
-                     'response_code', k.response_code, 'response', k.response) AS replay
-          FROM integrity.idempotency_keys k
-          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3",
+    sql: key_row_select!(),
     args: &[UUID, TEXT, TEXT],
     writes: false,
 };
@@ -74,17 +83,9 @@ static CLAIM: Stmt = Stmt {
     writes: true,
 };
 
-/// The existing key, locked, with what each outcome needs.
+/// The existing key, locked, for the outcomes that change it.
 static EXISTING: Stmt = Stmt {
-    sql: "SELECT k.fingerprint, k.status, k.retryable, k.recovery_point, k.attempts,
-                 k.expires_at <= pg_catalog.clock_timestamp() AS expired,
-                 pg_catalog.ceil(pg_catalog.date_part('epoch',
-                     k.locked_until - pg_catalog.clock_timestamp()) * 1000)::int8 AS lease_left_ms,
-                 pg_catalog.jsonb_build_object('outcome', 'replay',
-                     'response_code', k.response_code, 'response', k.response) AS replay
-          FROM integrity.idempotency_keys k
-          WHERE k.org_id = $1 AND k.scope = $2 AND k.key = $3
-          FOR UPDATE",
+    sql: concat!(key_row_select!(), " FOR UPDATE"),
     args: &[UUID, TEXT, TEXT],
     writes: true,
 };
@@ -244,9 +245,7 @@ fn positive(f: &'static str, arg: &'static str, i: Option<Interval>) -> Interval
 
 /// The 55000 a call on a key that is not processing under a live lease gets.
 fn not_processing(client: &SpiClient<'_>, f: &'static str, k: &Key<'_>) -> ! {
-    let state = client
-        .select(STATE.sql, Some(1), &k.args())
-        .or_bug(STATE.sql);
+    let state = crate::plans::read(client, &STATE, Some(1), &k.args());
     let (what, hint) = if state.is_empty() {
         (
             "was never begun".to_string(),
@@ -301,6 +300,47 @@ fn transition(
     })
 }
 
+/// A stored key, as `PEEK` or `EXISTING` read it.
+struct KeyRow {
+    fingerprint: String,
+    status: String,
+    recovery_point: Option<String>,
+    expired: bool,
+    lease_left_ms: Option<i64>,
+    /// The replay answer, read only for a final key.
+    replay: Option<Jsonb>,
+}
+
+impl KeyRow {
+    fn read(row: &pgrx::spi::SpiTupleTable<'_>, sql: &str) -> KeyRow {
+        let status = row.get::<String>(2).or_bug(sql).unwrap_or_default();
+        let retryable = row.get::<bool>(3).or_bug(sql);
+        let is_final = status == "completed" || (status == "failed" && retryable == Some(false));
+        KeyRow {
+            fingerprint: row.get::<String>(1).or_bug(sql).unwrap_or_default(),
+            recovery_point: row.get::<String>(4).or_bug(sql),
+            expired: row.get::<bool>(5).or_bug(sql).unwrap_or(true),
+            lease_left_ms: row.get::<i64>(6).or_bug(sql),
+            replay: if is_final {
+                row.get_datum_by_ordinal(7).or_bug(sql).map(Jsonb::from_spi)
+            } else {
+                None
+            },
+            status,
+        }
+    }
+
+    /// `replay` or `mismatch` for a final, unexpired key; `None` otherwise.
+    fn final_answer(&self, fingerprint: &str) -> Option<Jsonb> {
+        let replay = self.replay.filter(|_| !self.expired)?;
+        Some(if self.fingerprint != fingerprint {
+            outcome(r#"{"outcome": "mismatch"}"#.into())
+        } else {
+            replay
+        })
+    }
+}
+
 fn outcome(text: String) -> Jsonb {
     Jsonb::from_text(&text)
 }
@@ -345,46 +385,25 @@ fn idem_begin(
             // A final answer is replayed without a lock or a write.
             let peek = crate::plans::read(client, &PEEK, Some(1), &k.args());
             if !peek.is_empty() {
-                let row = peek.first();
-                let stored = row.get::<String>(1).or_bug(PEEK.sql).unwrap_or_default();
-                let status = row.get::<String>(2).or_bug(PEEK.sql).unwrap_or_default();
-                let retryable = row.get::<bool>(3).or_bug(PEEK.sql);
-                let expired = row.get::<bool>(4).or_bug(PEEK.sql).unwrap_or(true);
-                let finished =
-                    status == "completed" || (status == "failed" && retryable == Some(false));
-                if finished && !expired {
-                    if stored != fingerprint {
-                        return outcome(r#"{"outcome": "mismatch"}"#.into());
-                    }
-                    return row
-                        .get_datum_by_ordinal(5)
-                        .or_bug(PEEK.sql)
-                        .map(Jsonb::from_spi)
-                        .unwrap_or_else(|| crate::errors::bug("replay answer"));
+                if let Some(answer) =
+                    KeyRow::read(&peek.first(), PEEK.sql).final_answer(&fingerprint)
+                {
+                    return answer;
                 }
             }
             let row = run(client, &EXISTING, Some(1), &k.args());
             if row.is_empty() {
                 continue;
             }
-            let row = row.first();
-            let stored = row
-                .get::<String>(1)
-                .or_bug(EXISTING.sql)
-                .unwrap_or_default();
-            let status = row
-                .get::<String>(2)
-                .or_bug(EXISTING.sql)
-                .unwrap_or_default();
-            let retryable = row.get::<bool>(3).or_bug(EXISTING.sql);
-            let recovery = row.get::<String>(4).or_bug(EXISTING.sql);
-            let expired = row.get::<bool>(6).or_bug(EXISTING.sql).unwrap_or(false);
-            let lease_left = row.get::<i64>(7).or_bug(EXISTING.sql);
-            if expired {
+            let key_row = KeyRow::read(&row.first(), EXISTING.sql);
+            if key_row.expired {
                 run(client, &RESTART, None, &claim_args);
                 return outcome(r#"{"outcome": "started", "attempt": 1}"#.into());
             }
-            if stored != fingerprint {
+            if let Some(answer) = key_row.final_answer(&fingerprint) {
+                return answer;
+            }
+            if key_row.fingerprint != fingerprint {
                 return outcome(r#"{"outcome": "mismatch"}"#.into());
             }
             let retake = |client: &mut SpiClient<'_>, fresh: bool| -> i32 {
@@ -400,28 +419,23 @@ fn idem_begin(
                 .or_bug(RETAKE.sql)
                 .unwrap_or(0)
             };
-            return match (status.as_str(), retryable) {
-                ("completed", _) | ("failed", Some(false)) => row
-                    .get_datum_by_ordinal(8)
-                    .or_bug(EXISTING.sql)
-                    .map(Jsonb::from_spi)
-                    .unwrap_or_else(|| crate::errors::bug("replay answer")),
-                ("failed", _) => {
-                    let attempt = retake(client, true);
-                    outcome(format!(r#"{{"outcome": "started", "attempt": {attempt}}}"#))
-                }
-                _ => match lease_left {
+            return if key_row.status == "failed" {
+                // Failed, retryable (a final failure was answered above).
+                let attempt = retake(client, true);
+                outcome(format!(r#"{{"outcome": "started", "attempt": {attempt}}}"#))
+            } else {
+                match key_row.lease_left_ms {
                     Some(ms) if ms > 0 => outcome(format!(
                         r#"{{"outcome": "in_progress", "retry_after_ms": {ms}}}"#
                     )),
                     _ => {
                         let attempt = retake(client, false);
-                        let rp = serde_json::Value::from(recovery);
+                        let rp = serde_json::Value::from(key_row.recovery_point);
                         outcome(format!(
                             r#"{{"outcome": "resumed", "recovery_point": {rp}, "attempt": {attempt}}}"#
                         ))
                     }
-                },
+                }
             };
         }
         crate::errors::bug("idempotency key vanished three times while being claimed")
