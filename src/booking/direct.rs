@@ -48,8 +48,9 @@ pub enum Claimed {
     Taken,
 }
 
-/// The columns of `integrity.bookings` (0-based positions in its tuple
-/// descriptor).
+/// The columns of `integrity.bookings` that `book` reads or sets (0-based
+/// positions in its tuple descriptor). The others (cancelled_at,
+/// cancel_reason, rescheduled_from) are NULL in a new booking.
 #[derive(Default, Clone, Copy)]
 struct Columns {
     id: usize,
@@ -61,9 +62,6 @@ struct Columns {
     metadata: usize,
     created_at: usize,
     updated_at: usize,
-    cancelled_at: usize,
-    cancel_reason: usize,
-    rescheduled_from: usize,
 }
 
 /// Where `integrity.bookings` and its constraint index are.
@@ -104,9 +102,11 @@ unsafe fn columns(rel: pg_sys::Relation) -> Option<Columns> {
             b"metadata" => &mut c.metadata,
             b"created_at" => &mut c.created_at,
             b"updated_at" => &mut c.updated_at,
-            b"cancelled_at" => &mut c.cancelled_at,
-            b"cancel_reason" => &mut c.cancel_reason,
-            b"rescheduled_from" => &mut c.rescheduled_from,
+            // Known, NULL in a new booking.
+            b"cancelled_at" | b"cancel_reason" | b"rescheduled_from" => {
+                seen += 1;
+                continue;
+            }
             _ => return None,
         };
         *slot = i;
@@ -590,7 +590,6 @@ pub fn insert(
         set(col.metadata, metadata.into_datum());
         set(col.created_at, Some(pg_sys::Datum::from(now)));
         set(col.updated_at, Some(pg_sys::Datum::from(now)));
-        let _ = (col.cancelled_at, col.cancel_reason, col.rescheduled_from); // NULL
         pg_sys::ExecStoreVirtualTuple(slot);
 
         let estate = pg_sys::CreateExecutorState();
