@@ -13,7 +13,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-mod env;
+mod shared;
 
 use common::Cluster;
 use std::time::{Duration, Instant};
@@ -76,16 +76,11 @@ fn measure(cluster: &Cluster, kind: Kind, clients: usize, secs: f64, round: usiz
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let secs: f64 = env::var("BENCH_SECONDS", 4.0);
-    let rounds: usize = env::var("BENCH_ROUNDS", 3);
-    let clients = env::clients("1,16");
-    let settings_owned = env::settings();
+    let secs: f64 = shared::var("BENCH_SECONDS", 4.0);
+    let rounds: usize = shared::var("BENCH_ROUNDS", 3);
+    let clients = shared::clients("1,16");
+    let settings_owned = shared::settings();
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);
     let mut admin = cluster.connect();
@@ -125,7 +120,7 @@ fn main() {
                 runs[i].push(measure(&cluster, kinds[i], n, secs, round));
             }
         }
-        let m: Vec<f64> = runs.into_iter().map(median).collect();
+        let m: Vec<f64> = runs.into_iter().map(shared::median).collect();
         for (kind, v) in kinds.iter().zip(&m) {
             println!("{:>3}  {:<24} {:>9.0}", n, kind.label(), v);
         }

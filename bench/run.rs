@@ -23,7 +23,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-mod env;
+mod shared;
 
 use common::Cluster;
 use rand::rngs::StdRng;
@@ -218,11 +218,6 @@ struct Cell {
     overlaps: i64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Run every approach `rounds` times, interleaved, and summarise each.
 fn cell(cluster: &Cluster, clients: usize, resources: u32, secs: f64, rounds: usize) -> Vec<Cell> {
     let approaches = [
@@ -247,8 +242,8 @@ fn cell(cluster: &Cluster, clients: usize, resources: u32, secs: f64, rounds: us
             let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
             Cell {
                 deadlocks: rows.iter().map(|r| r.deadlocks).sum(),
-                req_per_s: median(rows.iter().map(|r| r.req_per_s).collect()),
-                booked_per_s: median(rows.iter().map(|r| r.booked_per_s).collect()),
+                req_per_s: shared::median(rows.iter().map(|r| r.req_per_s).collect()),
+                booked_per_s: shared::median(rows.iter().map(|r| r.booked_per_s).collect()),
                 p50_ms: pct(0.50),
                 p99_ms: pct(0.99),
                 overlaps: rows.iter().map(|r| r.overlaps).max().unwrap_or(0),
@@ -261,10 +256,10 @@ fn main() {
     let secs: f64 = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| env::var("BENCH_SECONDS", 4.0));
-    let rounds: usize = env::var("BENCH_ROUNDS", 3);
-    let clients = env::clients("1,8,32");
-    let settings_owned = env::settings();
+        .unwrap_or_else(|| shared::var("BENCH_SECONDS", 4.0));
+    let rounds: usize = shared::var("BENCH_ROUNDS", 3);
+    let clients = shared::clients("1,8,32");
+    let settings_owned = shared::settings();
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
 
     let cluster = Cluster::start_with(&settings);

@@ -1,4 +1,5 @@
-//! Settings both benchmarks read from the environment.
+//! What both benchmarks share: settings read from the environment, and the
+//! median of a cell's rounds.
 
 /// `name` parsed, or `default` when unset or unparsable.
 pub fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -24,4 +25,10 @@ pub fn settings() -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// The median of a cell's rounds (the upper one for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
