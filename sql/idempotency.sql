@@ -10,8 +10,8 @@ COMMENT ON DOMAIN integrity.idempotency_status IS
 
 CREATE TABLE integrity.idempotency_keys (
     org_id          uuid        NOT NULL,
-    scope           text        NOT NULL,
-    key             text        NOT NULL,
+    scope           text        COLLATE "C" NOT NULL,
+    key             text        COLLATE "C" NOT NULL,
     fingerprint     text        NOT NULL,
     status          integrity.idempotency_status NOT NULL DEFAULT 'processing',
     retryable       boolean,
@@ -25,8 +25,18 @@ CREATE TABLE integrity.idempotency_keys (
     completed_at    timestamptz,
     expires_at      timestamptz NOT NULL,
     PRIMARY KEY (org_id, scope, key)
-);
-CREATE INDEX idempotency_keys_expires_idx ON integrity.idempotency_keys (expires_at);
+) WITH (fillfactor = 85);
+-- fillfactor 85: a key is inserted by idem_begin and updated once by
+-- idem_complete, usually in the same transaction; room left on the page
+-- lets that update be a HOT update (no new index entries).
+-- Keys are opaque byte strings: COLLATE "C" compares them byte by byte,
+-- which is what equality means for them and far cheaper than a
+-- linguistic collation in every primary-key probe.
+-- BRIN, not btree: expires_at grows with insertion order, purge reads
+-- whole ranges of old keys, and a BRIN entry costs almost nothing on
+-- the idem_begin insert that every request pays.
+CREATE INDEX idempotency_keys_expires_idx ON integrity.idempotency_keys
+    USING brin (expires_at) WITH (autosummarize = on);
 
 COMMENT ON TABLE integrity.idempotency_keys IS
 'One row per (org_id, scope, key): the request''s fingerprint, whether its work is processing (under a lease), completed or failed, and the response replayed to retries. Written through integrity.idem_begin / idem_checkpoint / idem_complete / idem_fail; purged by integrity.purge_idempotency_keys.';

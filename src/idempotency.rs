@@ -21,6 +21,9 @@ use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+/// The hot paths without SQL.
+mod direct;
+
 pgrx::extension_sql_file!(
     "../sql/idempotency.sql",
     name = "idempotency_tables",
@@ -366,6 +369,21 @@ fn idem_begin(
     let ttl = positive(F, "ttl", ttl);
     let fingerprint = fingerprint_of(request.text().as_bytes());
 
+    // A final key is answered, and a new one claimed, without SQL.
+    match direct::peek(&k, &fingerprint) {
+        Some(direct::Peek::Final(answer)) => return answer,
+        Some(direct::Peek::Absent) if direct::claim(&k, &fingerprint, lease, ttl) == Some(true) => {
+            return crate::jsonb::Builder::new()
+                .begin_object()
+                .key("outcome")
+                .string("started")
+                .key("attempt")
+                .int(1)
+                .end()
+                .finish();
+        }
+        _ => {}
+    }
     Spi::connect_mut(|client| {
         let [o, s, kk] = k.args();
         let claim_args = [
@@ -470,7 +488,12 @@ fn idem_complete(
     const F: &str = "integrity.idem_complete";
     let k = key_args(F, org_id, scope, key);
     let code = required(response_code, F, "response_code");
-    transition(F, &k, &COMPLETE, vec![code.into(), response.into()])
+    let how = direct::Settle::Complete {
+        code: Some(code),
+        response: response.as_ref(),
+    };
+    direct::settle(&k, how)
+        .unwrap_or_else(|| transition(F, &k, &COMPLETE, vec![code.into(), response.into()]))
 }
 
 /// Record a failure: retryable lets the next begin start again; otherwise
@@ -488,12 +511,19 @@ fn idem_fail(
     const F: &str = "integrity.idem_fail";
     let k = key_args(F, org_id, scope, key);
     let retryable = required(retryable, F, "retryable");
-    transition(
-        F,
-        &k,
-        &FAIL,
-        vec![retryable.into(), error.into(), response_code.into()],
-    )
+    let how = direct::Settle::Fail {
+        retryable,
+        response: error.as_ref(),
+        code: response_code,
+    };
+    direct::settle(&k, how).unwrap_or_else(|| {
+        transition(
+            F,
+            &k,
+            &FAIL,
+            vec![retryable.into(), error.into(), response_code.into()],
+        )
+    })
 }
 
 /// Remove keys whose `expires_at` is more than `older_than` in the past
@@ -636,12 +666,74 @@ mod tests {
         );
     }
 
+    /// One key's stored state and the answers it got, for comparing the
+    /// direct path with the statements.
+    fn lifecycle(key: &str, fail: bool) -> (Vec<serde_json::Value>, serde_json::Value) {
+        let mut answers = vec![begin(key, r#"{"n": 1}"#, "")];
+        answers.push(json(&if fail {
+            format!(
+                "SELECT integrity.idem_fail('{ORG}', 'POST /charges', '{key}', false, '{{\"e\": 1}}', 409)"
+            )
+        } else {
+            format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /charges', '{key}', 201, '[1, \"x\", null]')"
+            )
+        }));
+        answers.push(begin(key, r#"{"n": 1}"#, ""));
+        answers.push(begin(key, r#"{"n": 2}"#, ""));
+        let row = json(&format!(
+            "SELECT pg_catalog.jsonb_build_object('status', status, 'retryable', retryable,
+                 'code', response_code, 'response', response, 'rp', recovery_point,
+                 'lease', lease, 'attempts', attempts, 'unlocked', locked_until IS NULL,
+                 'done', completed_at >= created_at, 'ttl', expires_at - created_at,
+                 'fp', fingerprint = integrity.fingerprint('{{\"n\": 1}}'))
+             FROM integrity.idempotency_keys WHERE org_id = '{ORG}' AND key = '{key}'"
+        ));
+        (answers, row)
+    }
+
+    #[pg_test]
+    fn direct_path_stores_and_answers_as_the_statements_do() {
+        // Direct: the table as integrity creates it.
+        let direct = [lifecycle("dx-ok", false), lifecycle("dx-fail", true)];
+        // A trigger on the table sends claims and updates through SQL
+        // (and the trigger must see them).
+        Spi::run(
+            "CREATE TEMP TABLE fired (n int);
+             CREATE FUNCTION pg_temp.count_row() RETURNS trigger LANGUAGE plpgsql AS
+               'BEGIN INSERT INTO fired VALUES (1); RETURN NEW; END';
+             CREATE TRIGGER count_rows BEFORE INSERT OR UPDATE ON integrity.idempotency_keys
+               FOR EACH ROW EXECUTE FUNCTION pg_temp.count_row()",
+        )
+        .unwrap();
+        let sql = [lifecycle("sx-ok", false), lifecycle("sx-fail", true)];
+        let fired = Spi::get_one::<i64>("SELECT count(*) FROM fired").unwrap();
+        assert_eq!(
+            fired,
+            Some(4),
+            "two claims and two updates went through SQL"
+        );
+        Spi::run("DROP TRIGGER count_rows ON integrity.idempotency_keys").unwrap();
+        for (d, s) in direct.iter().zip(&sql) {
+            assert_eq!(d, s);
+        }
+        assert_eq!(direct[0].0[2]["outcome"], "replay");
+        assert_eq!(
+            direct[0].0[2]["response"],
+            serde_json::json!([1, "x", null])
+        );
+        assert_eq!(direct[1].0[2]["response_code"], 409);
+        assert_eq!(direct[1].0[3]["outcome"], "mismatch");
+        assert_eq!(direct[0].1["status"], "completed");
+        assert_eq!(direct[1].1["retryable"], false);
+    }
+
     #[pg_test]
     fn idem_bad_input_gets_a_clear_sqlstate() {
         let long = "k".repeat(256);
         let cases: Vec<(String, &str)> = vec![
             (
-                format!("SELECT integrity.idem_begin(NULL, 's', 'k', '{{}}')"),
+                "SELECT integrity.idem_begin(NULL, 's', 'k', '{}')".to_string(),
                 "22004",
             ),
             (

@@ -201,6 +201,52 @@ impl Builder {
         self
     }
 
+    pub fn int(&mut self, i: i64) -> &mut Self {
+        let mut v = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvNumeric,
+            ..Default::default()
+        };
+        // SAFETY: int8_numeric makes a numeric of any int8.
+        v.val.numeric = unsafe {
+            pgrx::direct_function_call_as_datum(pg_sys::int8_numeric, &[i.into_datum()])
+                .unwrap_or_else(|| crate::errors::bug("int8_numeric returned NULL"))
+                .cast_mut_ptr()
+        };
+        self.scalar(v);
+        self
+    }
+
+    pub fn null(&mut self) -> &mut Self {
+        self.scalar(pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvNull,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// A stored jsonb value (any datum of type jsonb, possibly toasted).
+    /// It is read when the builder finishes, so it must stay valid until
+    /// then.
+    ///
+    /// # Safety
+    /// `datum` is a jsonb datum.
+    pub unsafe fn jsonb(&mut self, datum: pg_sys::Datum) -> &mut Self {
+        let j = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let mut v = pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvBinary,
+            ..Default::default()
+        };
+        v.val.binary.data = &mut (*j).root;
+        v.val.binary.len = pgrx::varlena::varsize_any_exhdr(j.cast()) as i32;
+        // pushJsonbValue unpacks a binary value (a raw scalar included).
+        let token = match self.open.last() {
+            Some(true) => pg_sys::JsonbIteratorToken::WJB_ELEM,
+            _ => pg_sys::JsonbIteratorToken::WJB_VALUE,
+        };
+        self.push(token, &mut v);
+        self
+    }
+
     /// The finished value; every container must have been closed.
     pub fn finish(&mut self) -> Jsonb {
         assert!(

@@ -5,6 +5,8 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!();
 
+/// Direct row access to integrity's own tables for the hot paths.
+mod direct;
 /// One helper that raises errors with SQLSTATE, message and hint.
 mod errors;
 /// `integrity.*` settings, declared once and read through getters.

@@ -1,0 +1,707 @@
+//! Direct row access to integrity's own tables, for the hot paths.
+//!
+//! Through SPI, each statement of a hot function paid a plan revalidation,
+//! an executor start and end and projections around work that is one index
+//! probe or one row. Here only the work is left, done by the routines a
+//! statement uses: index scans under the snapshot a statement would get,
+//! `table_tuple_insert` (or the speculative insertion INSERT … ON CONFLICT
+//! uses) and `ExecInsertIndexTuples`, which maintains every index and makes
+//! every unique and exclusion check as an INSERT does.
+//!
+//! A direct write does only what a statement would do on the table as
+//! integrity created it. `Rel` says when that is not the case, and the
+//! caller then runs its SQL instead:
+//! - the columns are not the ones integrity created (someone altered it);
+//! - it has triggers, CHECK constraints other than those a direct write
+//!   satisfies by construction, or generated columns (`insertable`);
+//! - the role lacks the table-level privileges, or row security applies
+//!   with any policy other than integrity's own as created (`allowed`).
+//!
+//! Integrity's policies depend on `org_id` alone, and every row a call
+//! reads or writes has the requested `org_id`, so one evaluation of the
+//! policy decides for all of them.
+//!
+//! What this backend learns about a table (OIDs, column positions, shape,
+//! the IndexInfos an INSERT would rebuild for each index on every
+//! execution) is kept until Postgres invalidates the table's or one of its
+//! indexes' relcache entry (ALTER TABLE, CREATE TRIGGER, CREATE POLICY,
+//! GRANT, DROP EXTENSION, …).
+
+use crate::errors::bug;
+use pgrx::datum::Uuid;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::ffi::CStr;
+use std::ptr::null_mut;
+
+/// One of integrity's tables, as integrity creates it.
+pub struct Spec {
+    /// This table's slot in the backend's caches; unique per table.
+    pub slot: usize,
+    /// Its name in schema `integrity`.
+    pub table: &'static CStr,
+    /// Every column integrity creates it with. Callers address columns by
+    /// their position in this list (`Rel::col`).
+    pub columns: &'static [&'static str],
+    /// Indexes the caller addresses by position (`Rel::index`).
+    pub indexes: &'static [&'static CStr],
+    /// CHECK constraints every row a direct write makes satisfies.
+    pub checks: &'static [&'static str],
+    /// Its row-security policy as created (the name; the USING expression
+    /// is `OUR_POLICY`).
+    pub policy: &'static str,
+}
+
+/// How many tables have a slot.
+const TABLES: usize = 2;
+/// Most columns a `Spec` may list.
+const MAX_COLUMNS: usize = 24;
+/// Most indexes on a table whose IndexInfo we keep.
+const MAX_INDEXES: usize = 8;
+/// Most indexes a `Spec` may name.
+const MAX_NAMED: usize = 4;
+
+/// The policy as integrity creates it, as `pg_get_expr` prints it.
+const OUR_POLICY: &str =
+    "((integrity.current_org() IS NULL) OR (org_id = integrity.current_org()))";
+
+/// What this backend knows about a table.
+#[derive(Clone, Copy)]
+struct Shape {
+    table: Oid,
+    indexes: [Oid; MAX_NAMED],
+    /// Position in the tuple descriptor of each `Spec::columns` entry;
+    /// `None` when the columns are not exactly the ones integrity created.
+    col: Option<[u16; MAX_COLUMNS]>,
+    /// A direct write does what a statement would: no triggers, no CHECK
+    /// but those listed, no generated columns.
+    insertable: bool,
+    /// Row security on the table is integrity's policy alone, as created.
+    our_policy: bool,
+}
+
+/// The IndexInfos of every index on a table, built once (what
+/// `ExecOpenIndices` builds for every statement: BuildIndexInfo, the
+/// partial-index predicate planned and compiled, GiST's per-index state
+/// made on its first insert) and kept in a memory context of their own.
+struct Indexes {
+    cxt: pg_sys::MemoryContext,
+    oids: Vec<Oid>,
+    infos: Vec<*mut pg_sys::IndexInfo>,
+}
+
+thread_local! {
+    static SHAPES: [Cell<Option<Shape>>; TABLES] = const { [const { Cell::new(None) }; TABLES] };
+    static INDEXES: [RefCell<Option<Indexes>>; TABLES] = const { [const { RefCell::new(None) }; TABLES] };
+    /// Set by `forget`; the kept IndexInfos are rebuilt before next use.
+    static STALE: [Cell<bool>; TABLES] = const { [const { Cell::new(false) }; TABLES] };
+    /// The OIDs in INDEXES, for `forget` (InvalidOid-padded).
+    static INDEX_OIDS: [Cell<[Oid; MAX_INDEXES]>; TABLES] =
+        const { [const { Cell::new([Oid::INVALID; MAX_INDEXES]) }; TABLES] };
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Relcache invalidation callback: forget what we know of a table when it
+/// or one of its indexes changes (or everything is invalidated).
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
+    // Only Cells here: this runs inside Postgres's invalidation processing,
+    // possibly while our own code is between two steps.
+    for slot in 0..TABLES {
+        let ours = relid == Oid::INVALID
+            || SHAPES.with(|s| {
+                s[slot]
+                    .get()
+                    .is_some_and(|s| relid == s.table || s.indexes.contains(&relid))
+            })
+            || INDEX_OIDS.with(|c| c[slot].get().contains(&relid));
+        if ours {
+            SHAPES.with(|s| s[slot].set(None));
+            STALE.with(|s| s[slot].set(true));
+        }
+    }
+}
+
+/// The OID of `integrity.<name>`, if it exists.
+fn relid(name: &CStr) -> Oid {
+    // SAFETY: catalog lookups by name; the schema lookup raises 3F000
+    // itself; the relation lookup answers InvalidOid when it is missing.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"integrity".as_ptr(), false);
+        pg_sys::get_relname_relid(name.as_ptr(), nsp)
+    }
+}
+
+/// Whether this transaction reads from one snapshot taken at its start
+/// (REPEATABLE READ, SERIALIZABLE).
+pub fn xact_snapshot() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// An open integrity table and what we know of it. Closed by `close` (the
+/// lock stays to the end of the transaction, as a statement keeps it); an
+/// ERROR before that releases it through the resource owner.
+pub struct Rel {
+    pub raw: pg_sys::Relation,
+    shape: Shape,
+    spec: &'static Spec,
+}
+
+impl Rel {
+    /// Open `spec`'s table with `lockmode`.
+    pub fn open(spec: &'static Spec, lockmode: pg_sys::LOCKMODE) -> Rel {
+        debug_assert!(spec.slot < TABLES && spec.columns.len() <= MAX_COLUMNS);
+        let remembered = SHAPES.with(|s| s[spec.slot].get());
+        // SAFETY: a relation opened by OID, falling back to its name when
+        // the remembered OID no longer opens; the shape is read with it open.
+        unsafe {
+            let mut rel = match remembered {
+                Some(s) => pg_sys::try_relation_open(s.table, lockmode),
+                None => null_mut(),
+            };
+            // The remembered OID may have been dropped (or, in theory, reused).
+            if !rel.is_null()
+                && CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) != spec.table
+            {
+                pg_sys::relation_close(rel, lockmode);
+                rel = null_mut();
+            }
+            if rel.is_null() {
+                SHAPES.with(|s| s[spec.slot].set(None));
+                let oid = relid(spec.table);
+                if oid == Oid::INVALID {
+                    bug(format!(
+                        "integrity.{} is missing",
+                        spec.table.to_string_lossy()
+                    ));
+                }
+                rel = pg_sys::table_open(oid, lockmode);
+            }
+            // Opening took the lock and with it any pending invalidations,
+            // so a remembered shape still here is current.
+            let shape = match SHAPES.with(|s| s[spec.slot].get()) {
+                Some(s) if s.table == (*rel).rd_id => s,
+                _ => {
+                    let s = shape_of(spec, rel);
+                    SHAPES.with(|c| c[spec.slot].set(Some(s)));
+                    s
+                }
+            };
+            Rel {
+                raw: rel,
+                shape,
+                spec,
+            }
+        }
+    }
+
+    pub fn close(self) {
+        // SAFETY: closes the relation `open` opened, keeping its lock.
+        unsafe { pg_sys::table_close(self.raw, pg_sys::NoLock as pg_sys::LOCKMODE) };
+    }
+
+    /// The OID of the `i`th of `Spec::indexes`.
+    pub fn index(&self, i: usize) -> Oid {
+        self.shape.indexes[i]
+    }
+
+    /// Whether the columns are exactly the ones integrity created.
+    pub fn known(&self) -> bool {
+        self.shape.col.is_some()
+    }
+
+    /// Position in the tuple descriptor of the `i`th of `Spec::columns`.
+    /// Only for a `known` table.
+    pub fn col(&self, i: usize) -> usize {
+        match self.shape.col {
+            Some(c) => c[i] as usize,
+            None => bug("direct access to a table whose columns changed"),
+        }
+    }
+
+    /// Whether a direct write does all a statement would (see `Shape`).
+    pub fn insertable(&self) -> bool {
+        self.shape.insertable
+    }
+
+    /// Whether the direct path may act for this role on `org_id`'s rows:
+    /// the table-level privileges in `wanted`, and row security either not
+    /// applying to the role or being our policy with the tenant in scope.
+    pub fn allowed(&self, wanted: pg_sys::AclMode, org_id: Uuid) -> bool {
+        // SAFETY: privilege and RLS checks by OID; check_enable_rls with
+        // noError = false raises what a statement would (row_security = off).
+        unsafe {
+            let user = pg_sys::GetUserId();
+            if pg_sys::pg_class_aclmask(
+                self.shape.table,
+                user,
+                wanted,
+                pg_sys::AclMaskHow::ACLMASK_ALL,
+            ) != wanted
+            {
+                return false;
+            }
+            pg_sys::check_enable_rls(self.shape.table, Oid::INVALID, false)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+                || (self.shape.our_policy && tenant_in_scope(org_id))
+        }
+    }
+
+    /// The row whose key columns in the unique btree index `index` equal
+    /// `key`, as `snapshot` sees it, handed to `read` while its slot holds
+    /// it; `None` when there is none.
+    ///
+    /// # Safety
+    /// `snapshot` is registered (or static) for the call; `read` copies out
+    /// what it keeps before returning.
+    pub unsafe fn fetch<R>(
+        &self,
+        index: Oid,
+        key: &[pg_sys::Datum],
+        snapshot: pg_sys::Snapshot,
+        read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
+    ) -> Option<R> {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let irel = pg_sys::index_open(index, lock);
+        let n = key.len();
+        if (*(*irel).rd_rel).relam != pg_sys::BTREE_AM_OID
+            || (*(*irel).rd_index).indnkeyatts as usize != n
+        {
+            bug("direct fetch through an index that is not integrity's btree");
+        }
+        let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); n];
+        for (i, k) in keys.iter_mut().enumerate() {
+            let family = *(*irel).rd_opfamily.add(i);
+            let ty = *(*irel).rd_opcintype.add(i);
+            let op =
+                pg_sys::get_opfamily_member(family, ty, ty, pg_sys::BTEqualStrategyNumber as i16);
+            pg_sys::ScanKeyEntryInitialize(
+                k,
+                0,
+                (i + 1) as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                Oid::INVALID,
+                *(*irel).rd_indcollation.add(i),
+                pg_sys::get_opcode(op),
+                key[i],
+            );
+        }
+        let slot = pg_sys::table_slot_create(self.raw, null_mut());
+        let scan = pg_sys::index_beginscan(self.raw, irel, snapshot, n as i32, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), n as i32, null_mut(), 0);
+        let found =
+            pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
+        let r = found.then(|| read(slot));
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        r
+    }
+}
+
+/// `integrity.current_org() IS NULL OR org_id = integrity.current_org()`.
+fn tenant_in_scope(org_id: Uuid) -> bool {
+    // SAFETY: GetConfigOption returns the setting's current string or NULL;
+    // uuid_in parses it, raising 22P02 as the policy's cast would.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        if p.is_null() || *p == 0 {
+            return true;
+        }
+        pgrx::direct_function_call::<Uuid>(pg_sys::uuid_in, &[Some(pg_sys::Datum::from(p))])
+            == Some(org_id)
+    }
+}
+
+/// Work out the shape of the open relation `rel`.
+///
+/// # Safety
+/// `rel` is `spec`'s table, open and locked.
+unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
+    let table = (*rel).rd_id;
+    let mut indexes = [Oid::INVALID; MAX_NAMED];
+    for (i, name) in spec.indexes.iter().enumerate() {
+        indexes[i] = relid(name);
+        if indexes[i] == Oid::INVALID {
+            bug(format!(
+                "index integrity.{} is missing",
+                name.to_string_lossy()
+            ));
+        }
+    }
+    let col = columns(spec, rel);
+    let insertable = col.is_some() && (*rel).trigdesc.is_null() && only_listed_checks(spec, rel);
+    let our_policy = !(*(*rel).rd_rel).relrowsecurity
+        || Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.count(*) = 1 AND pg_catalog.bool_and(
+                 p.polname = $3 AND p.polcmd = '*' AND p.polpermissive
+                 AND p.polroles = '{0}' AND p.polwithcheck IS NULL
+                 AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = $2)
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = $1",
+            &[table.into(), OUR_POLICY.into(), spec.policy.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !WATCHING.with(|w| w.replace(true)) {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0));
+    }
+    Shape {
+        table,
+        indexes,
+        col,
+        insertable,
+        our_policy,
+    }
+}
+
+/// Each of `spec.columns`' position in `rel`, if its columns are exactly
+/// those.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn columns(spec: &Spec, rel: pg_sys::Relation) -> Option<[u16; MAX_COLUMNS]> {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    let mut pos = [u16::MAX; MAX_COLUMNS];
+    for (i, a) in attrs.iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+        let j = spec.columns.iter().position(|c| c.as_bytes() == name)?;
+        pos[j] = i as u16;
+    }
+    pos[..spec.columns.len()]
+        .iter()
+        .all(|&p| p != u16::MAX)
+        .then_some(pos)
+}
+
+/// Whether the table's CHECK constraints are all listed in `spec.checks`
+/// and it has no generated columns. Every other constraint is enforced by
+/// the indexes (`ExecInsertIndexTuples`) or by the types of the values.
+///
+/// # Safety
+/// `rel` is an open relation.
+unsafe fn only_listed_checks(spec: &Spec, rel: pg_sys::Relation) -> bool {
+    let constr = (*(*rel).rd_att).constr;
+    if constr.is_null() {
+        return true;
+    }
+    if (*constr).has_generated_stored {
+        return false;
+    }
+    (0..(*constr).num_check as usize).all(|i| {
+        let name = CStr::from_ptr((*(*constr).check.add(i)).ccname).to_bytes();
+        spec.checks.iter().any(|c| c.as_bytes() == name)
+    })
+}
+
+/// The kept IndexInfos for `rel`, built if needed; `None` when the table
+/// has an index we do not keep state for (not btree, GiST or BRIN, or too
+/// many):
+/// then the caller uses ExecOpenIndices as a statement would.
+///
+/// # Safety
+/// `rel` is `slot`'s table, open and locked.
+unsafe fn kept_indexes(
+    slot: usize,
+    rel: pg_sys::Relation,
+) -> Option<(Vec<Oid>, Vec<*mut pg_sys::IndexInfo>)> {
+    if STALE.with(|c| c[slot].replace(false)) {
+        if let Some(old) = INDEXES.with(|c| c[slot].borrow_mut().take()) {
+            pg_sys::MemoryContextDelete(old.cxt);
+        }
+        INDEX_OIDS.with(|c| c[slot].set([Oid::INVALID; MAX_INDEXES]));
+    }
+    if let Some(kept) = INDEXES.with(|c| {
+        c[slot]
+            .borrow()
+            .as_ref()
+            .map(|i| (i.oids.clone(), i.infos.clone()))
+    }) {
+        // Empty infos: the table has an index we keep no state for.
+        return (!kept.1.is_empty()).then_some(kept);
+    }
+    let list = pg_sys::RelationGetIndexList(rel);
+    let oids: Vec<Oid> = if list.is_null() {
+        Vec::new()
+    } else {
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).oid_value)
+            .collect()
+    };
+    let new_context = |max: usize| {
+        pg_sys::AllocSetContextCreateInternal(
+            pg_sys::TopMemoryContext,
+            c"integrity kept indexes".as_ptr(),
+            0,
+            1024,
+            max,
+        )
+    };
+    let remember = |cxt, oids: Vec<Oid>, infos: Vec<*mut pg_sys::IndexInfo>| {
+        INDEXES.with(|c| *c[slot].borrow_mut() = Some(Indexes { cxt, oids, infos }));
+    };
+    if oids.is_empty() || oids.len() > MAX_INDEXES {
+        remember(new_context(8 * 1024), Vec::new(), Vec::new());
+        return None;
+    }
+    let cxt = new_context(8 * 1024 * 1024);
+    let old = pg_sys::MemoryContextSwitchTo(cxt);
+    let mut infos = Vec::with_capacity(oids.len());
+    let mut supported = true;
+    for &oid in &oids {
+        let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let am = (*(*index).rd_rel).relam;
+        // Index AMs whose per-index insert state (GiST's, BRIN's) lives
+        // in the IndexInfo's context, which is ours: kept with it.
+        if ![
+            pg_sys::BTREE_AM_OID,
+            pg_sys::GIST_AM_OID,
+            pg_sys::BRIN_AM_OID,
+        ]
+        .contains(&am)
+        {
+            supported = false;
+        } else {
+            let info = pg_sys::BuildIndexInfo(index);
+            if !(*info).ii_Predicate.is_null() {
+                // What ExecPrepareQual does, into our context.
+                let planned = pg_sys::expression_planner((*info).ii_Predicate.cast());
+                (*info).ii_PredicateState = pg_sys::ExecInitQual(planned.cast(), null_mut());
+            }
+            infos.push(info);
+        }
+        pg_sys::index_close(index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    }
+    pg_sys::MemoryContextSwitchTo(old);
+    if !supported {
+        pg_sys::MemoryContextDelete(cxt);
+        remember(new_context(8 * 1024), Vec::new(), Vec::new());
+        return None;
+    }
+    let mut padded = [Oid::INVALID; MAX_INDEXES];
+    padded[..oids.len()].copy_from_slice(&oids);
+    INDEX_OIDS.with(|c| c[slot].set(padded));
+    remember(cxt, oids.clone(), infos.clone());
+    Some((oids, infos))
+}
+
+/// The table's indexes, opened and locked (ROW EXCLUSIVE, as
+/// ExecOpenIndices does), with their kept IndexInfos; `None` where
+/// ExecOpenIndices must do it.
+///
+/// The indexes are opened before the kept state is used: opening takes any
+/// pending invalidations, and an invalidation of an index that was closed
+/// frees its relcache entry, which GiST's kept state points into. If one
+/// arrived, the state is rebuilt with the indexes open.
+///
+/// # Safety
+/// `rel` is `slot`'s table, open and locked.
+unsafe fn open_kept_indexes(
+    slot: usize,
+    rel: pg_sys::Relation,
+) -> Option<(Vec<pg_sys::Relation>, Vec<*mut pg_sys::IndexInfo>)> {
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    for _ in 0..3 {
+        let (oids, _) = kept_indexes(slot, rel)?;
+        let descs: Vec<pg_sys::Relation> = oids
+            .iter()
+            .map(|&oid| pg_sys::index_open(oid, lock))
+            .collect();
+        if !STALE.with(|c| c[slot].get()) {
+            if let Some((_, infos)) = kept_indexes(slot, rel) {
+                if !infos.is_empty() {
+                    return Some((descs, infos));
+                }
+            }
+        }
+        for d in descs {
+            pg_sys::index_close(d, lock);
+        }
+    }
+    None
+}
+
+/// How a direct insert treats a conflict found by its arbiter index.
+#[derive(Clone, Copy, PartialEq)]
+pub enum OnConflict {
+    /// Insert as INSERT … ON CONFLICT does (a speculative insertion): a
+    /// conflicting row, committed or in flight, makes ours vanish at once
+    /// for everyone, and nobody waits on it.
+    Speculative,
+    /// Insert plainly, then delete our row again: writers that meet it
+    /// before the deletion commits wait for our transaction. For claims
+    /// made under our own locks, where that cannot form a cycle.
+    DeleteAgain,
+}
+
+/// The executor state one direct write of a row needs, and the row: the
+/// same sequence an INSERT's or UPDATE's executor runs for one row
+/// (ExecInitModifyTable, ExecInsert/ExecUpdate, ExecEndModifyTable).
+pub struct Writer<'r> {
+    rel: &'r Rel,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl<'r> Writer<'r> {
+    /// For an `insertable` table opened ROW EXCLUSIVE.
+    pub fn new(rel: &'r Rel) -> Writer<'r> {
+        // SAFETY: executor state for the open relation, freed by `finish`
+        // (or by the transaction's abort on an ERROR).
+        unsafe {
+            let raw = rel.raw;
+            let desc = (*raw).rd_att;
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsVirtual);
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            pg_sys::InitResultRelInfo(rri, raw, 1, null_mut(), 0);
+            match open_kept_indexes(rel.spec.slot, raw) {
+                // ExecOpenIndices with the kept IndexInfos: the indexes are
+                // opened and locked as it opens them, and closed again by
+                // ExecCloseIndices in `finish`.
+                Some((descs, infos)) => {
+                    let n = descs.len();
+                    let d = pg_sys::palloc(n * std::mem::size_of::<pg_sys::Relation>())
+                        .cast::<pg_sys::Relation>();
+                    let k = pg_sys::palloc(n * std::mem::size_of::<*mut pg_sys::IndexInfo>())
+                        .cast::<*mut pg_sys::IndexInfo>();
+                    for i in 0..n {
+                        *d.add(i) = descs[i];
+                        *k.add(i) = infos[i];
+                    }
+                    (*rri).ri_NumIndices = n as i32;
+                    (*rri).ri_IndexRelationDescs = d;
+                    (*rri).ri_IndexRelationInfo = k;
+                }
+                None => pg_sys::ExecOpenIndices(rri, false),
+            }
+            Writer {
+                rel,
+                estate,
+                rri,
+                slot,
+            }
+        }
+    }
+
+    /// The new row's values and null flags, in tuple-descriptor order, all
+    /// NULL to begin with (set them, then `insert` or `update`).
+    pub fn row(&mut self) -> (&mut [pg_sys::Datum], &mut [bool]) {
+        // SAFETY: the virtual slot's arrays have natts entries.
+        unsafe {
+            pg_sys::ExecClearTuple(self.slot);
+            let n = (*(*self.rel.raw).rd_att).natts as usize;
+            let values = std::slice::from_raw_parts_mut((*self.slot).tts_values, n);
+            let nulls = std::slice::from_raw_parts_mut((*self.slot).tts_isnull, n);
+            nulls.fill(true);
+            (values, nulls)
+        }
+    }
+
+    /// Insert the row, with `arbiter`'s unique or exclusion check reporting
+    /// a conflict as data: `false` means a conflicting row exists (or is in
+    /// flight) and ours is gone again, as `how` says.
+    pub fn insert(&mut self, arbiter: Oid, how: OnConflict) -> bool {
+        // SAFETY: the sequence ExecInsert runs for INSERT … ON CONFLICT (or,
+        // for DeleteAgain, a plain insert and a delete of our own row); the
+        // slot holds a row of the table's type.
+        unsafe {
+            pg_sys::ExecStoreVirtualTuple(self.slot);
+            let raw = self.rel.raw;
+            let cid = pg_sys::GetCurrentCommandId(true);
+            let speculative = how == OnConflict::Speculative;
+            let token = if speculative {
+                let token =
+                    pg_sys::SpeculativeInsertionLockAcquire(pg_sys::GetCurrentTransactionId());
+                pg_sys::table_tuple_insert_speculative(raw, self.slot, cid, 0, null_mut(), token);
+                token
+            } else {
+                pg_sys::table_tuple_insert(raw, self.slot, cid, 0, null_mut());
+                0
+            };
+            // noDupErr with `arbiter` as the only arbiter: a conflict comes
+            // back as a flag (unique) or that index in the list (exclusion)
+            // instead of an error, and an in-flight one without a wait.
+            let arbiters = pg_sys::lappend_oid(null_mut(), arbiter);
+            let mut flagged = false;
+            let violated = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                self.slot,
+                self.estate,
+                false,
+                true,
+                &mut flagged,
+                arbiters,
+            );
+            // Only the arbiter in the list means a conflict (a deferrable
+            // constraint would also be listed, for a later recheck, but
+            // those come with triggers, which make a table not insertable).
+            let conflict = flagged || pg_sys::list_member_oid(violated, arbiter);
+            if speculative {
+                pg_sys::table_tuple_complete_speculative(raw, self.slot, token, !conflict);
+                pg_sys::SpeculativeInsertionLockRelease(pg_sys::GetCurrentTransactionId());
+            }
+            // Later commands of this transaction see the row (or its end).
+            pg_sys::CommandCounterIncrement();
+            if conflict && !speculative {
+                pg_sys::simple_heap_delete(raw, &mut (*self.slot).tts_tid);
+                pg_sys::CommandCounterIncrement();
+            }
+            !conflict
+        }
+    }
+
+    /// Replace the row at `tid` with the row set through `row`. Only for a
+    /// row version this transaction made and nobody else can lock or
+    /// change (any other would make `simple_table_tuple_update` raise).
+    ///
+    /// # Safety
+    /// `tid` is the current version of a row of this table made by this
+    /// transaction.
+    pub unsafe fn update(&mut self, tid: pg_sys::ItemPointerData) {
+        pg_sys::ExecStoreVirtualTuple(self.slot);
+        // The new row may point into the old one's buffer; copy it first.
+        pg_sys::ExecMaterializeSlot(self.slot);
+        let mut tid = tid;
+        let mut update_indexes = false;
+        // The heap takes no snapshot for an update (only a crosscheck one,
+        // which simple_table_tuple_update does not pass).
+        pg_sys::simple_table_tuple_update(
+            self.rel.raw,
+            &mut tid,
+            self.slot,
+            pg_sys::GetActiveSnapshot(),
+            &mut update_indexes,
+        );
+        if update_indexes {
+            // update = false: `true` only adds a hint for btree's bottom-up
+            // deletion, read from the range table we do not build.
+            pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                self.slot,
+                self.estate,
+                false,
+                false,
+                null_mut(),
+                null_mut(),
+            );
+        }
+        pg_sys::CommandCounterIncrement();
+    }
+
+    pub fn finish(self) {
+        // SAFETY: frees what `new` made.
+        unsafe {
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The hot paths of idempotency keys without SQL, through `crate::direct`:
+//! the look at a key (`peek`) as an index probe, the claim of a new key
+//! (`claim`) as the speculative insertion INSERT … ON CONFLICT DO NOTHING
+//! makes, and the completion or failure of a key this transaction holds
+//! (`settle`) as an update of its own row.
+//!
+//! Each answers `None` when its statement in `idempotency.rs` must run
+//! instead: the table is not as integrity created it, the role or row
+//! security would not let this run as it stands (SQL then raises what a
+//! statement raises), or the case is one the statements handle (a claim or
+//! settle under REPEATABLE READ or SERIALIZABLE, a key held by another
+//! transaction, a key whose lease ran out).
+
+use super::Key;
+use crate::direct::{xact_snapshot, OnConflict, Rel, Spec, Writer};
+use crate::jsonb::{Builder, Jsonb};
+use pgrx::datum::Interval;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// `integrity.idempotency_keys` as integrity creates it.
+static KEYS: Spec = Spec {
+    slot: 1,
+    table: c"idempotency_keys",
+    columns: &[
+        "org_id",
+        "scope",
+        "key",
+        "fingerprint",
+        "status",
+        "retryable",
+        "response_code",
+        "response",
+        "recovery_point",
+        "lease",
+        "locked_until",
+        "attempts",
+        "created_at",
+        "completed_at",
+        "expires_at",
+    ],
+    indexes: &[c"idempotency_keys_pkey"],
+    // The status domain's check holds for the statuses written here.
+    checks: &[],
+    policy: "idempotency_keys_org_scope",
+};
+
+// Positions in `KEYS.columns`.
+const ORG_ID: usize = 0;
+const SCOPE: usize = 1;
+const KEY: usize = 2;
+const FINGERPRINT: usize = 3;
+const STATUS: usize = 4;
+const RETRYABLE: usize = 5;
+const RESPONSE_CODE: usize = 6;
+const RESPONSE: usize = 7;
+const LEASE: usize = 9;
+const LOCKED_UNTIL: usize = 10;
+const ATTEMPTS: usize = 11;
+const CREATED_AT: usize = 12;
+const COMPLETED_AT: usize = 13;
+const EXPIRES_AT: usize = 14;
+/// `KEYS.indexes`: the primary key (org_id, scope, key).
+const PKEY: usize = 0;
+
+/// What a look at a key found.
+pub enum Peek {
+    /// No row for the key.
+    Absent,
+    /// A final, unexpired key: its answer (`replay`, or `mismatch` for a
+    /// different request).
+    Final(Jsonb),
+    /// Anything else: the statements decide.
+    Other,
+}
+
+fn datum(d: Option<pg_sys::Datum>) -> pg_sys::Datum {
+    d.unwrap_or_else(|| crate::errors::bug("a NULL datum for a value"))
+}
+
+fn text(s: &str) -> pg_sys::Datum {
+    datum(s.into_datum())
+}
+
+/// The primary key's values, as datums.
+fn key_datums(k: &Key<'_>) -> [pg_sys::Datum; 3] {
+    [datum(k.org_id.into_datum()), text(k.scope), text(k.key)]
+}
+
+/// The value of a column of the row in `slot`, all of whose attributes
+/// have been deformed.
+///
+/// # Safety
+/// `slot` holds a row; `slot_getallattrs` was called on it.
+unsafe fn value(slot: *mut pg_sys::TupleTableSlot, at: usize) -> Option<pg_sys::Datum> {
+    (!*(*slot).tts_isnull.add(at)).then(|| *(*slot).tts_values.add(at))
+}
+
+/// `now + interval`, as timestamptz + interval computes it.
+fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
+    // SAFETY: timestamptz_pl_interval of two non-NULL values; it raises
+    // 22008 when the result is out of range, as the statement would.
+    unsafe {
+        datum(pgrx::direct_function_call_as_datum(
+            pg_sys::timestamptz_pl_interval,
+            &[now.into_datum(), interval.into_datum()],
+        ))
+    }
+}
+
+/// Look at the key as a statement starting now would see it; answer it if
+/// it is final and unexpired. Any isolation level: the probe takes the
+/// snapshot, and under SERIALIZABLE the predicate locks, a SELECT would.
+pub fn peek(k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
+    let rel = Rel::open(&KEYS, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    if !rel.known() || !rel.allowed(pg_sys::ACL_SELECT as pg_sys::AclMode, k.org_id) {
+        rel.close();
+        return None;
+    }
+    // SAFETY: the snapshot is registered for the probe; the row's values
+    // are read while its slot holds it, and the answer is finished (copied
+    // into a jsonb of its own) before the slot lets it go.
+    let found = unsafe {
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let found = rel.fetch(rel.index(PKEY), &key_datums(k), snapshot, |slot| {
+            pg_sys::slot_getallattrs(slot);
+            let v = |i: usize| value(slot, rel.col(i));
+            let status = v(STATUS).and_then(|d| String::from_datum(d, false));
+            let retryable = v(RETRYABLE).and_then(|d| bool::from_datum(d, false));
+            let is_final = match status.as_deref() {
+                Some("completed") => true,
+                Some("failed") => retryable == Some(false),
+                _ => false,
+            };
+            let expired =
+                v(EXPIRES_AT).is_none_or(|d| d.value() as i64 <= pg_sys::GetCurrentTimestamp());
+            if !is_final || expired {
+                return Peek::Other;
+            }
+            let same = v(FINGERPRINT)
+                .and_then(|d| String::from_datum(d, false))
+                .as_deref()
+                == Some(fingerprint);
+            let mut b = Builder::new();
+            b.begin_object().key("outcome");
+            if !same {
+                b.string("mismatch");
+            } else {
+                b.string("replay").key("response_code");
+                match v(RESPONSE_CODE) {
+                    Some(d) => b.int(d.value() as i32 as i64),
+                    None => b.null(),
+                };
+                b.key("response");
+                match v(RESPONSE) {
+                    Some(d) => b.jsonb(d),
+                    None => b.null(),
+                };
+            }
+            Peek::Final(b.end().finish())
+        });
+        pg_sys::UnregisterSnapshot(snapshot);
+        found
+    };
+    rel.close();
+    Some(found.unwrap_or(Peek::Absent))
+}
+
+/// Claim a new key as INSERT … ON CONFLICT DO NOTHING would: `Some(true)`
+/// when the row is in; `Some(false)` when another row for the key is there
+/// or in flight (ours vanished; the statements then wait for it and
+/// decide). READ COMMITTED only.
+pub fn claim(k: &Key<'_>, fingerprint: &str, lease: Interval, ttl: Interval) -> Option<bool> {
+    if xact_snapshot() {
+        return None;
+    }
+    let rel = Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
+    if !rel.insertable() || !rel.allowed(wanted, k.org_id) {
+        rel.close();
+        return None;
+    }
+    let mut w = Writer::new(&rel);
+    let (values, nulls) = w.row();
+    let mut set = |i: usize, d: pg_sys::Datum| {
+        values[rel.col(i)] = d;
+        nulls[rel.col(i)] = false;
+    };
+    // SAFETY: the clock, as clock_timestamp() reads it.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let [o, s, kk] = key_datums(k);
+    set(ORG_ID, o);
+    set(SCOPE, s);
+    set(KEY, kk);
+    set(FINGERPRINT, text(fingerprint));
+    set(STATUS, text("processing"));
+    set(LEASE, datum(lease.into_datum()));
+    set(LOCKED_UNTIL, plus(now, lease));
+    set(ATTEMPTS, datum(1i32.into_datum()));
+    set(CREATED_AT, datum(now.into_datum()));
+    set(EXPIRES_AT, plus(now, ttl));
+    let inserted = w.insert(rel.index(PKEY), OnConflict::Speculative);
+    w.finish();
+    rel.close();
+    Some(inserted)
+}
+
+/// How `settle` ends a key's work.
+pub enum Settle<'a> {
+    Complete {
+        code: Option<i32>,
+        response: Option<&'a Jsonb>,
+    },
+    Fail {
+        retryable: bool,
+        response: Option<&'a Jsonb>,
+        code: Option<i32>,
+    },
+}
+
+/// Complete or fail a key this transaction holds, as the COMPLETE or FAIL
+/// statement would, when its row is this transaction's own (begun in it,
+/// the single-transaction use) and processing under a live lease; answers
+/// as the statement does. READ COMMITTED only.
+pub fn settle(k: &Key<'_>, how: Settle<'_>) -> Option<Jsonb> {
+    if xact_snapshot() {
+        return None;
+    }
+    let rel = Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
+    if !rel.insertable() || !rel.allowed(wanted, k.org_id) {
+        rel.close();
+        return None;
+    }
+    let mut w = Writer::new(&rel);
+    // SAFETY: SnapshotSelf sees this transaction's own changes, so the
+    // probe finds the row's current version; only a version this
+    // transaction made is changed, which no other transaction can lock or
+    // change (they see it in flight and wait for us). The slot holds the
+    // old row while the new one is built from it and written.
+    let attempts = unsafe {
+        let snapshot = &raw mut pg_sys::SnapshotSelfData;
+        rel.fetch(rel.index(PKEY), &key_datums(k), snapshot, |slot| {
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
+            let xmin = pg_sys::HeapTupleHeaderGetXmin((*tuple).t_data);
+            if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
+                return None;
+            }
+            pg_sys::slot_getallattrs(slot);
+            let v = |i: usize| value(slot, rel.col(i));
+            let now = pg_sys::GetCurrentTimestamp();
+            let processing = v(STATUS)
+                .and_then(|d| String::from_datum(d, false))
+                .as_deref()
+                == Some("processing");
+            let live = v(LOCKED_UNTIL).is_some_and(|d| d.value() as i64 > now);
+            if !processing || !live {
+                return None;
+            }
+            let attempts = v(ATTEMPTS).map_or(0, |d| d.value() as i32);
+            let natts = (*(*rel.raw).rd_att).natts as usize;
+            let (values, nulls) = w.row();
+            for i in 0..natts {
+                values[i] = *(*slot).tts_values.add(i);
+                nulls[i] = *(*slot).tts_isnull.add(i);
+            }
+            let mut set = |i: usize, d: Option<pg_sys::Datum>| {
+                values[rel.col(i)] = d.unwrap_or(pg_sys::Datum::from(0));
+                nulls[rel.col(i)] = d.is_none();
+            };
+            let (status, retryable, code, response) = match &how {
+                Settle::Complete { code, response } => ("completed", None, code, response),
+                Settle::Fail {
+                    retryable,
+                    response,
+                    code,
+                } => ("failed", Some(*retryable), code, response),
+            };
+            set(STATUS, Some(text(status)));
+            set(RETRYABLE, retryable.and_then(|r| r.into_datum()));
+            set(RESPONSE_CODE, code.and_then(|c| c.into_datum()));
+            set(RESPONSE, response.and_then(|r| r.into_datum()));
+            set(COMPLETED_AT, now.into_datum());
+            set(LOCKED_UNTIL, None);
+            w.update((*slot).tts_tid);
+            Some(attempts)
+        })
+        .flatten()
+    };
+    w.finish();
+    rel.close();
+    let attempts = attempts?;
+    let mut b = Builder::new();
+    b.begin_object().key("ok").bool(true).key("status");
+    match how {
+        Settle::Complete { .. } => b.string("completed"),
+        Settle::Fail { retryable, .. } => b.string("failed").key("retryable").bool(retryable),
+    };
+    b.key("attempts").int(attempts as i64);
+    Some(b.end().finish())
+}
