@@ -39,7 +39,7 @@ mod direct;
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::gucs;
 use crate::jsonb::{Builder, Jsonb};
-use crate::keys::{lock_key_of, uuid_text};
+use crate::keys::{advisory_lock, advisory_try_lock, lock_key_of, uuid_text};
 use crate::plans::{read, run, with_index_scans, Stmt};
 use pgrx::datum::{DatumWithOid, Range, RangeBound, Uuid};
 use pgrx::direct_function_call;
@@ -335,47 +335,6 @@ thread_local! {
 fn slot_lock_key(org: &[u8], res: &[u8], hour: i128) -> i64 {
     let hour = hour.to_string();
     lock_key_of([&b"booking-slot"[..], org, res, hour.as_bytes()])
-}
-
-/// The lock tag `pg_advisory_xact_lock(bigint)` uses for `key`, so our
-/// locks and an application's `pg_advisory_xact_lock(key)` are the same
-/// lock (what SET_LOCKTAG_ADVISORY builds in advisory lock functions).
-fn advisory_tag(key: i64) -> pg_sys::LOCKTAG {
-    pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set for the life of a backend.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: ((key as u64) >> 32) as u32,
-        locktag_field3: key as u64 as u32,
-        locktag_field4: 1,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
-}
-
-/// `pg_advisory_xact_lock_shared(key)` or `pg_advisory_xact_lock(key)`,
-/// without the function-call detour.
-fn advisory_lock(key: i64, shared: bool) {
-    let mode = if shared {
-        pg_sys::ShareLock
-    } else {
-        pg_sys::ExclusiveLock
-    };
-    // SAFETY: a transaction-scoped lock on a tag built above; LockAcquire
-    // waits (and checks for deadlocks and interrupts) like the SQL function.
-    unsafe { pg_sys::LockAcquire(&advisory_tag(key), mode as pg_sys::LOCKMODE, false, false) };
-}
-
-/// `pg_try_advisory_xact_lock(key)`.
-fn advisory_try_lock(key: i64) -> bool {
-    // SAFETY: as in `advisory_lock`, without waiting.
-    unsafe {
-        pg_sys::LockAcquire(
-            &advisory_tag(key),
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            true,
-        ) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    }
 }
 
 /// Whether this transaction reads from one snapshot taken at its start

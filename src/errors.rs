@@ -22,6 +22,8 @@ pub enum Kind {
     /// 55000: the object is not in the state the call needs (an idempotency
     /// key that was never begun, or is no longer processing).
     NotInPrerequisiteState,
+    /// 23505: a row that must be unique exists already.
+    UniqueViolation,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::NotInPrerequisiteState => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            Kind::UniqueViolation => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
         }
     }
 }

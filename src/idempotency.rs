@@ -12,9 +12,11 @@
 //! get `in_progress` until the lease runs out, then `resumed` with the
 //! holder's last `recovery_point`.
 
+use crate::direct::xact_snapshot;
 use crate::errors::{raise, required, Kind, OrBug};
+use crate::jsonb::Builder;
 use crate::jsonb::Jsonb;
-use crate::keys::fingerprint_of;
+use crate::keys::{advisory_lock, advisory_unlock, fingerprint_of, lock_key_of, uuid_text};
 use crate::plans::{run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, Oid};
@@ -23,6 +25,8 @@ use pgrx::spi::SpiClient;
 
 /// The hot paths without SQL.
 mod direct;
+/// Keys begun in this transaction, written when they settle or at commit.
+mod pending;
 
 pgrx::extension_sql_file!(
     "../sql/idempotency.sql",
@@ -246,6 +250,89 @@ fn positive(f: &'static str, arg: &'static str, i: Option<Interval>) -> Interval
     i
 }
 
+/// The key's lock: the advisory lock
+/// `pg_advisory_xact_lock(integrity.lock_key('idempotency', org_id::text, scope, key))`.
+fn key_lock(k: &Key<'_>) -> i64 {
+    let org = uuid_text(k.org_id.as_bytes());
+    lock_key_of([
+        &b"idempotency"[..],
+        &org[..],
+        k.scope.as_bytes(),
+        k.key.as_bytes(),
+    ])
+}
+
+/// The clock, as clock_timestamp() reads it.
+fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the system clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Write a pending key's row as processing under its lease.
+fn write_pending(p: &pending::Pending) {
+    let k = p.key();
+    let row = direct::NewRow {
+        fingerprint: &p.fingerprint,
+        lease: p.lease,
+        ttl: p.ttl,
+        begun: p.begun,
+        end: None,
+    };
+    let written = direct::insert(&k, &row).unwrap_or_else(|| {
+        Spi::connect_mut(|client| {
+            let [o, s, kk] = k.args();
+            let args = [
+                o,
+                s,
+                kk,
+                p.fingerprint.clone().into(),
+                p.lease.into(),
+                p.ttl.into(),
+            ];
+            !run(client, &CLAIM, Some(1), &args).is_empty()
+        })
+    });
+    if !written {
+        taken_by_another(&k);
+    }
+}
+
+/// A key begun here was written meanwhile by someone not holding its lock.
+fn taken_by_another(k: &Key<'_>) -> ! {
+    raise(
+        Kind::UniqueViolation,
+        "integrity.idempotency_keys",
+        format!(
+            "idempotency key {:?} in scope {:?} was written by another transaction while this one held it",
+            k.key, k.scope
+        ),
+        "Write integrity.idempotency_keys only through the idem_* functions.",
+    )
+}
+
+/// Settle a key begun in this transaction and not written yet: its row is
+/// written once, settled. `None` when it is not pending here (or its lease
+/// ran out: then it is written as processing, and the statements answer).
+fn settle_pending(k: &Key<'_>, how: &direct::Settle<'_>) -> Option<Jsonb> {
+    let p = pending::take(k)?;
+    let live = direct::plus(p.begun, p.lease).value() as i64 > now();
+    let row = direct::NewRow {
+        fingerprint: &p.fingerprint,
+        lease: p.lease,
+        ttl: p.ttl,
+        begun: p.begun,
+        end: Some(how),
+    };
+    match live.then(|| direct::insert(k, &row)).flatten() {
+        Some(true) => Some(how.answer(1)),
+        Some(false) => taken_by_another(k),
+        None => {
+            write_pending(&p);
+            None
+        }
+    }
+}
+
 /// The 55000 a call on a key that is not processing under a live lease gets.
 fn not_processing(client: &SpiClient<'_>, f: &'static str, k: &Key<'_>) -> ! {
     let state = crate::plans::read(client, &STATE, Some(1), &k.args());
@@ -369,11 +456,26 @@ fn idem_begin(
     let ttl = positive(F, "ttl", ttl);
     let fingerprint = fingerprint_of(request.text().as_bytes());
 
-    // A final key is answered, and a new one claimed, without SQL.
+    // The key's lock, to the end of the transaction: a duplicate waits
+    // here while the key is being begun, worked on and settled.
+    let lock = key_lock(&k);
+    advisory_lock(lock, false);
+    // Begun before in this transaction: written now, and answered below
+    // from its row as any processing key is.
+    if let Some(p) = pending::take(&k) {
+        write_pending(&p);
+    }
     match direct::peek(&k, &fingerprint) {
-        Some(direct::Peek::Final(answer)) => return answer,
-        Some(direct::Peek::Absent) if direct::claim(&k, &fingerprint, lease, ttl) == Some(true) => {
-            return crate::jsonb::Builder::new()
+        // A final key is answered without a write, and its lock let go.
+        Some(direct::Peek::Final(answer)) => {
+            advisory_unlock(lock);
+            return answer;
+        }
+        // A new key is only remembered: its row is written once, when it
+        // settles (or as processing at commit). See `pending`.
+        Some(direct::Peek::Absent { insertable: true }) if !xact_snapshot() => {
+            pending::add(&k, fingerprint, lease, ttl, now());
+            return Builder::new()
                 .begin_object()
                 .key("outcome")
                 .string("started")
@@ -472,6 +574,9 @@ fn idem_checkpoint(
     const F: &str = "integrity.idem_checkpoint";
     let k = key_args(F, org_id, scope, key);
     let rp = required(recovery_point, F, "recovery_point");
+    if let Some(p) = pending::take(&k) {
+        write_pending(&p);
+    }
     transition(F, &k, &CHECKPOINT, vec![rp.to_string().into()])
 }
 
@@ -492,7 +597,8 @@ fn idem_complete(
         code: Some(code),
         response: response.as_ref(),
     };
-    direct::settle(&k, how)
+    settle_pending(&k, &how)
+        .or_else(|| direct::settle(&k, &how))
         .unwrap_or_else(|| transition(F, &k, &COMPLETE, vec![code.into(), response.into()]))
 }
 
@@ -516,14 +622,16 @@ fn idem_fail(
         response: error.as_ref(),
         code: response_code,
     };
-    direct::settle(&k, how).unwrap_or_else(|| {
-        transition(
-            F,
-            &k,
-            &FAIL,
-            vec![retryable.into(), error.into(), response_code.into()],
-        )
-    })
+    settle_pending(&k, &how)
+        .or_else(|| direct::settle(&k, &how))
+        .unwrap_or_else(|| {
+            transition(
+                F,
+                &k,
+                &FAIL,
+                vec![retryable.into(), error.into(), response_code.into()],
+            )
+        })
 }
 
 /// Remove keys whose `expires_at` is more than `older_than` in the past
@@ -543,6 +651,8 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
             "Omit it to remove every expired key, or pass e.g. '7 days' to keep expired keys a week longer.",
         );
     }
+    // Keys begun in this transaction are rows for the purge as well.
+    pending::write_all();
     Spi::connect_mut(|client| {
         run(client, &PURGE, Some(1), &[older_than.into()])
             .first()
@@ -664,6 +774,44 @@ mod tests {
             Spi::get_one::<i64>("SELECT integrity.purge_idempotency_keys('1 day')").unwrap(),
             Some(0)
         );
+    }
+
+    #[pg_test]
+    fn rolled_back_subtransactions_undo_begins_and_writes() {
+        let stored = |key: &str| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM integrity.idempotency_keys WHERE org_id = '{ORG}' AND key = '{key}'"
+            ))
+            .unwrap()
+        };
+        // Begun in a subtransaction that fails: never begun.
+        let failed =
+            format!("SELECT integrity.idem_begin('{ORG}', 'POST /charges', 'sx', '{{}}'), 1 / 0");
+        assert_eq!(sqlstate(&failed), "22012");
+        assert_eq!(begin("sx", "{}", "")["outcome"], "started");
+        // Not written while only begun (single-transaction use writes it
+        // once, settled) ...
+        assert_eq!(stored("sx"), Some(0));
+        // ... and a completion rolled back with its subtransaction leaves
+        // it begun, not completed.
+        let undone = format!(
+            "SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'sx', 200, NULL), 1 / 0"
+        );
+        assert_eq!(sqlstate(&undone), "22012");
+        assert_eq!(stored("sx"), Some(0));
+        let done = json(&format!(
+            "SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'sx', 201, '{{}}')"
+        ));
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(stored("sx"), Some(1));
+        assert_eq!(begin("sx", "{}", "")["response_code"], 201);
+        // A purge sees keys begun in its own transaction.
+        assert_eq!(begin("sy", "{}", ", ttl => '1 ms'")["outcome"], "started");
+        Spi::run("SELECT pg_sleep(0.005)").unwrap();
+        assert_eq!(stored("sy"), Some(0));
+        let purged = Spi::get_one::<i64>("SELECT integrity.purge_idempotency_keys()").unwrap();
+        assert!(purged >= Some(1), "{purged:?}");
+        assert_eq!(stored("sy"), Some(0));
     }
 
     /// One key's stored state and the answers it got, for comparing the

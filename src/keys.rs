@@ -69,6 +69,61 @@ pub fn fingerprint_of(bytes: &[u8]) -> String {
 }
 
 /// Stable advisory-lock key for the given parts.
+/// The lock tag `pg_advisory_xact_lock(bigint)` uses for `key`, so our
+/// locks and an application's `pg_advisory_xact_lock(key)` are the same
+/// lock (what SET_LOCKTAG_ADVISORY builds in advisory lock functions).
+pub fn advisory_tag(key: i64) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the life of a backend.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: ((key as u64) >> 32) as u32,
+        locktag_field3: key as u64 as u32,
+        locktag_field4: 1,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// `pg_advisory_xact_lock_shared(key)` or `pg_advisory_xact_lock(key)`,
+/// without the function-call detour.
+pub fn advisory_lock(key: i64, shared: bool) {
+    let mode = if shared {
+        pg_sys::ShareLock
+    } else {
+        pg_sys::ExclusiveLock
+    };
+    // SAFETY: a transaction-scoped lock on a tag built above; LockAcquire
+    // waits (and checks for deadlocks and interrupts) like the SQL function.
+    unsafe { pg_sys::LockAcquire(&advisory_tag(key), mode as pg_sys::LOCKMODE, false, false) };
+}
+
+/// `pg_try_advisory_xact_lock(key)`.
+pub fn advisory_try_lock(key: i64) -> bool {
+    // SAFETY: as in `advisory_lock`, without waiting.
+    unsafe {
+        pg_sys::LockAcquire(
+            &advisory_tag(key),
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            true,
+        ) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}
+
+/// `pg_advisory_unlock(key)` for a transaction-scoped lock: releases it
+/// before the transaction ends.
+pub fn advisory_unlock(key: i64) {
+    // SAFETY: releases a lock taken by `advisory_lock` in this transaction;
+    // LockRelease only warns when it is not held.
+    unsafe {
+        pg_sys::LockRelease(
+            &advisory_tag(key),
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+        );
+    }
+}
+
 #[pg_extern(immutable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn lock_key(parts: Option<VariadicArray<'_, &str>>) -> i64 {

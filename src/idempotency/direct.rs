@@ -65,8 +65,9 @@ const PKEY: usize = 0;
 
 /// What a look at a key found.
 pub enum Peek {
-    /// No row for the key.
-    Absent,
+    /// No row for the key; `insertable`: `insert` can write it (the table
+    /// takes direct writes and the role may insert and update its rows).
+    Absent { insertable: bool },
     /// A final, unexpired key: its answer (`replay`, or `mismatch` for a
     /// different request).
     Final(Jsonb),
@@ -97,7 +98,7 @@ unsafe fn value(slot: *mut pg_sys::TupleTableSlot, at: usize) -> Option<pg_sys::
 }
 
 /// `now + interval`, as timestamptz + interval computes it.
-fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
+pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
     // SAFETY: timestamptz_pl_interval of two non-NULL values; it raises
     // 22008 when the result is out of range, as the statement would.
     unsafe {
@@ -162,15 +163,29 @@ pub fn peek(k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
         pg_sys::UnregisterSnapshot(snapshot);
         found
     };
+    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
+    let insertable = found.is_none() && rel.insertable() && rel.allowed(wanted, k.org_id);
     rel.close();
-    Some(found.unwrap_or(Peek::Absent))
+    Some(found.unwrap_or(Peek::Absent { insertable }))
 }
 
-/// Claim a new key as INSERT … ON CONFLICT DO NOTHING would: `Some(true)`
-/// when the row is in; `Some(false)` when another row for the key is there
-/// or in flight (ours vanished; the statements then wait for it and
-/// decide). READ COMMITTED only.
-pub fn claim(k: &Key<'_>, fingerprint: &str, lease: Interval, ttl: Interval) -> Option<bool> {
+/// A key's row as `insert` writes it.
+pub struct NewRow<'a> {
+    pub fingerprint: &'a str,
+    pub lease: Interval,
+    pub ttl: Interval,
+    /// When the key was begun: its created_at, and where its lease and
+    /// ttl count from.
+    pub begun: pg_sys::TimestampTz,
+    /// `None`: processing under the lease; else settled now, so.
+    pub end: Option<&'a Settle<'a>>,
+}
+
+/// Write a key's row as INSERT … ON CONFLICT DO NOTHING would (a
+/// speculative insertion): `Some(true)` when it is in; `Some(false)` when
+/// another row for the key is there or in flight (ours vanished). `None`
+/// when the statements must do it. READ COMMITTED only.
+pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
     if xact_snapshot() {
         return None;
     }
@@ -182,30 +197,46 @@ pub fn claim(k: &Key<'_>, fingerprint: &str, lease: Interval, ttl: Interval) -> 
     }
     let mut w = Writer::new(&rel);
     let (values, nulls) = w.row();
-    let mut set = |i: usize, d: pg_sys::Datum| {
-        values[rel.col(i)] = d;
-        nulls[rel.col(i)] = false;
+    let mut set = |i: usize, d: Option<pg_sys::Datum>| {
+        if let Some(d) = d {
+            values[rel.col(i)] = d;
+            nulls[rel.col(i)] = false;
+        }
     };
-    // SAFETY: the clock, as clock_timestamp() reads it.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let [o, s, kk] = key_datums(k);
-    set(ORG_ID, o);
-    set(SCOPE, s);
-    set(KEY, kk);
-    set(FINGERPRINT, text(fingerprint));
-    set(STATUS, text("processing"));
-    set(LEASE, datum(lease.into_datum()));
-    set(LOCKED_UNTIL, plus(now, lease));
-    set(ATTEMPTS, datum(1i32.into_datum()));
-    set(CREATED_AT, datum(now.into_datum()));
-    set(EXPIRES_AT, plus(now, ttl));
+    set(ORG_ID, Some(o));
+    set(SCOPE, Some(s));
+    set(KEY, Some(kk));
+    set(FINGERPRINT, Some(text(row.fingerprint)));
+    set(LEASE, row.lease.into_datum());
+    set(ATTEMPTS, 1i32.into_datum());
+    set(CREATED_AT, row.begun.into_datum());
+    set(EXPIRES_AT, Some(plus(row.begun, row.ttl)));
+    match row.end {
+        None => {
+            set(STATUS, Some(text("processing")));
+            set(LOCKED_UNTIL, Some(plus(row.begun, row.lease)));
+        }
+        Some(end) => {
+            let (status, retryable, code, response) = end.columns();
+            set(STATUS, Some(text(status)));
+            set(RETRYABLE, retryable.and_then(|r| r.into_datum()));
+            set(RESPONSE_CODE, code.and_then(|c| c.into_datum()));
+            set(RESPONSE, response.and_then(|r| r.into_datum()));
+            // SAFETY: the clock, as clock_timestamp() reads it.
+            set(
+                COMPLETED_AT,
+                unsafe { pg_sys::GetCurrentTimestamp() }.into_datum(),
+            );
+        }
+    }
     let inserted = w.insert(rel.index(PKEY), OnConflict::Speculative);
     w.finish();
     rel.close();
     Some(inserted)
 }
 
-/// How `settle` ends a key's work.
+/// How a key's work ends (`idem_complete` or `idem_fail`).
 pub enum Settle<'a> {
     Complete {
         code: Option<i32>,
@@ -218,11 +249,37 @@ pub enum Settle<'a> {
     },
 }
 
+impl Settle<'_> {
+    /// status, retryable, response_code and response as stored.
+    fn columns(&self) -> (&'static str, Option<bool>, Option<i32>, Option<&Jsonb>) {
+        match self {
+            Settle::Complete { code, response } => ("completed", None, *code, *response),
+            Settle::Fail {
+                retryable,
+                response,
+                code,
+            } => ("failed", Some(*retryable), *code, *response),
+        }
+    }
+
+    /// The answer the COMPLETE or FAIL statement gives.
+    pub fn answer(&self, attempts: i32) -> Jsonb {
+        let mut b = Builder::new();
+        b.begin_object().key("ok").bool(true).key("status");
+        match self {
+            Settle::Complete { .. } => b.string("completed"),
+            Settle::Fail { retryable, .. } => b.string("failed").key("retryable").bool(*retryable),
+        };
+        b.key("attempts").int(attempts as i64);
+        b.end().finish()
+    }
+}
+
 /// Complete or fail a key this transaction holds, as the COMPLETE or FAIL
 /// statement would, when its row is this transaction's own (begun in it,
 /// the single-transaction use) and processing under a live lease; answers
 /// as the statement does. READ COMMITTED only.
-pub fn settle(k: &Key<'_>, how: Settle<'_>) -> Option<Jsonb> {
+pub fn settle(k: &Key<'_>, how: &Settle<'_>) -> Option<Jsonb> {
     if xact_snapshot() {
         return None;
     }
@@ -268,14 +325,7 @@ pub fn settle(k: &Key<'_>, how: Settle<'_>) -> Option<Jsonb> {
                 values[rel.col(i)] = d.unwrap_or(pg_sys::Datum::from(0));
                 nulls[rel.col(i)] = d.is_none();
             };
-            let (status, retryable, code, response) = match &how {
-                Settle::Complete { code, response } => ("completed", None, code, response),
-                Settle::Fail {
-                    retryable,
-                    response,
-                    code,
-                } => ("failed", Some(*retryable), code, response),
-            };
+            let (status, retryable, code, response) = how.columns();
             set(STATUS, Some(text(status)));
             set(RETRYABLE, retryable.and_then(|r| r.into_datum()));
             set(RESPONSE_CODE, code.and_then(|c| c.into_datum()));
@@ -289,13 +339,5 @@ pub fn settle(k: &Key<'_>, how: Settle<'_>) -> Option<Jsonb> {
     };
     w.finish();
     rel.close();
-    let attempts = attempts?;
-    let mut b = Builder::new();
-    b.begin_object().key("ok").bool(true).key("status");
-    match how {
-        Settle::Complete { .. } => b.string("completed"),
-        Settle::Fail { retryable, .. } => b.string("failed").key("retryable").bool(retryable),
-    };
-    b.key("attempts").int(attempts as i64);
-    Some(b.end().finish())
+    Some(how.answer(attempts?))
 }

@@ -1,0 +1,185 @@
+//! Keys begun in this transaction whose row is not written yet.
+//!
+//! In single-transaction use a key's row is written once, by
+//! `idem_complete` or `idem_fail`, already settled: no row is inserted as
+//! processing only to be updated a moment later. What keeps a duplicate
+//! out meanwhile is the key's lock, which `idem_begin` holds to the end of
+//! the transaction. A key still pending when the transaction commits (or
+//! prepares) is written then as processing under its lease, so the
+//! multi-transaction use finds it exactly as if it had been written at
+//! begin. A key begun in a subtransaction that rolls back is forgotten
+//! with it (and its lock released with it); a row written in one that
+//! rolls back leaves the key pending again.
+
+use pgrx::datum::{Interval, Uuid};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+
+use super::Key;
+
+/// A key begun in this transaction, not written yet.
+#[derive(Clone)]
+pub struct Pending {
+    pub org_id: Uuid,
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub lease: Interval,
+    pub ttl: Interval,
+    /// When idem_begin ran (the row's created_at).
+    pub begun: pg_sys::TimestampTz,
+    /// The subtransaction that began it (moves to its parent when it
+    /// commits).
+    subxact: pg_sys::SubTransactionId,
+    /// The transaction that began it.
+    lxid: u32,
+    /// The subtransaction that wrote its row, once written: if that one
+    /// rolls back, the key is pending again.
+    written_in: Option<pg_sys::SubTransactionId>,
+}
+
+impl Pending {
+    pub fn key(&self) -> Key<'_> {
+        Key {
+            org_id: self.org_id,
+            scope: &self.scope,
+            key: &self.key,
+        }
+    }
+
+    fn is(&self, k: &Key<'_>) -> bool {
+        self.org_id == k.org_id && self.scope == k.scope && self.key == k.key
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static HOOKED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn lxid() -> u32 {
+    // SAFETY: MyProc is this backend's PGPROC, set for the backend's life.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// Remember `k` as begun in this transaction, to be written by `take`'s
+/// caller or at commit by `write`.
+pub fn add(
+    k: &Key<'_>,
+    fingerprint: String,
+    lease: Interval,
+    ttl: Interval,
+    begun: pg_sys::TimestampTz,
+) {
+    if !HOOKED.with(|h| h.replace(true)) {
+        // SAFETY: registered once per backend, for its life.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+        }
+    }
+    let p = Pending {
+        org_id: k.org_id,
+        scope: k.scope.to_string(),
+        key: k.key.to_string(),
+        fingerprint,
+        lease,
+        ttl,
+        begun,
+        // SAFETY: reads of this backend's transaction state.
+        subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        lxid: lxid(),
+        written_in: None,
+    };
+    PENDING.with(|v| v.borrow_mut().push(p));
+}
+
+/// The pending key `k` of this transaction, now marked written: the
+/// caller writes its row (in the current subtransaction; should that roll
+/// back, the key is pending again).
+pub fn take(k: &Key<'_>) -> Option<Pending> {
+    let now = lxid();
+    // SAFETY: reads this backend's transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with(|v| {
+        let mut v = v.borrow_mut();
+        let p = v
+            .iter_mut()
+            .find(|p| p.lxid == now && p.written_in.is_none() && p.is(k))?;
+        p.written_in = Some(sub);
+        Some(p.clone())
+    })
+}
+
+/// Write every key still pending, as processing (at commit or prepare,
+/// and before a purge, which must see them).
+pub fn write_all() {
+    let now = lxid();
+    // SAFETY: reads this backend's transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    loop {
+        // One at a time, with no borrow held while it is written.
+        let next = PENDING.with(|v| {
+            let mut v = v.borrow_mut();
+            let p = v
+                .iter_mut()
+                .find(|p| p.lxid == now && p.written_in.is_none())?;
+            p.written_in = Some(sub);
+            Some(p.clone())
+        });
+        match next {
+            Some(p) => super::write_pending(&p),
+            None => break,
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        // Still inside the transaction: an ERROR here aborts it.
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_all(),
+        // Over (or handed to PREPARE): nothing is pending any more. Only
+        // our own memory is touched here.
+        XACT_EVENT_COMMIT
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PREPARE
+        | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_PARALLEL_COMMIT => PENDING.with(|v| v.borrow_mut().clear()),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    PENDING.with(|v| {
+        let mut v = v.borrow_mut();
+        match event {
+            // Rolled back: a key begun in it was never begun (its lock
+            // goes too); a row written in it was never written.
+            SUBXACT_EVENT_ABORT_SUB => {
+                v.retain(|p| p.subxact != sub);
+                v.iter_mut()
+                    .filter(|p| p.written_in == Some(sub))
+                    .for_each(|p| p.written_in = None);
+            }
+            SUBXACT_EVENT_COMMIT_SUB => v.iter_mut().for_each(|p| {
+                if p.subxact == sub {
+                    p.subxact = parent;
+                }
+                if p.written_in == Some(sub) {
+                    p.written_in = Some(parent);
+                }
+            }),
+            _ => {}
+        }
+    })
+}
