@@ -4,29 +4,57 @@
 //!
 //!   (1) bare insert:    INSERT INTO bench_orders …                (autocommit)
 //!   (2) wrapped insert: BEGIN; idem_begin(new key); INSERT …;
-//!                       idem_complete(…); COMMIT                   (one round trip)
+//!                       idem_complete(…); COMMIT
 //!   (3) replay:         idem_begin(a completed key)               (autocommit)
 //!
-//! Every request is one simple-protocol round trip, so the three differ only
-//! in the work the database does. env: BENCH_SECONDS (default 4),
-//! BENCH_ROUNDS (3), BENCH_CLIENTS ("1,16"), BENCH_SETTINGS (postgresql.conf).
+//! and two floors for (2), the same transaction with other statements in
+//! place of the two calls:
+//!
+//!   (4) two no-op calls: SELECT 1 twice (what any wrapping costs);
+//!   (5) plain SQL key row: a SELECT of the key by primary key, then an
+//!       INSERT of a settled key row into a table with the same primary key
+//!       (the least a design storing one row per key does).
+//!
+//! The client is pgbench, so the client's own work is small and the same
+//! for every approach. Every request is one round trip: by default each
+//! statement is prepared once per connection and sent with bind parameters
+//! (the extended protocol, as drivers send a hot query), the five
+//! statements of (2), (4), (5) pipelined. BENCH_PROTOCOL=simple sends each
+//! request as one simple-protocol query string, which the server parses
+//! and plans every time (for all approaches alike).
+//!
+//! env: BENCH_SECONDS (default 4), BENCH_ROUNDS (3), BENCH_CLIENTS ("1,16"),
+//! BENCH_PROTOCOL (prepared | simple), BENCH_SETTINGS (postgresql.conf).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod shared;
 
 use common::Cluster;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const ORG: &str = "0000000a-0000-0000-0000-000000000000";
 const REPLAY_KEYS: usize = 1000;
+/// A request fingerprint as (5) stores it: 64 hex digits, as ours.
+const FP: &str = "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Bare,
     Wrapped,
     Replay,
+    Calls,
+    Floor,
 }
+
+const KINDS: [Kind; 5] = [
+    Kind::Bare,
+    Kind::Wrapped,
+    Kind::Replay,
+    Kind::Calls,
+    Kind::Floor,
+];
 
 impl Kind {
     fn label(self) -> &'static str {
@@ -34,58 +62,136 @@ impl Kind {
             Kind::Bare => "(1) bare insert",
             Kind::Wrapped => "(2) insert + idem keys",
             Kind::Replay => "(3) replay",
+            Kind::Calls => "(4) insert + 2 no-ops",
+            Kind::Floor => "(5) insert + SQL key row",
         }
     }
-    fn sql(self, client: usize, n: u64) -> String {
+
+    fn name(self) -> &'static str {
         match self {
-            Kind::Bare => format!("INSERT INTO bench_orders (key, amount) VALUES ('b-{client}-{n}', 100)"),
-            Kind::Wrapped => format!(
-                "BEGIN;
-                 SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'w-{client}-{n}', '{{\"amount\": 100}}');
-                 INSERT INTO bench_orders (key, amount) VALUES ('w-{client}-{n}', 100);
-                 SELECT integrity.idem_complete('{ORG}', 'POST /orders', 'w-{client}-{n}', 201, '{{\"order\": \"created\"}}');
-                 COMMIT"
+            Kind::Bare => "bare",
+            Kind::Wrapped => "wrapped",
+            Kind::Replay => "replay",
+            Kind::Calls => "calls",
+            Kind::Floor => "floor",
+        }
+    }
+
+    /// The request's statements; `:k` is a random key (unique in practice:
+    /// 9·10^18 values), `:r` one of the replayed keys.
+    fn statements(self) -> Vec<String> {
+        let insert =
+            |p: &str| format!("INSERT INTO bench_orders (key, amount) VALUES ('{p}-' || :k, 100)");
+        let wrap = |before: String, p: &str, after: String| {
+            vec!["BEGIN".into(), before, insert(p), after, "COMMIT".into()]
+        };
+        match self {
+            Kind::Bare => vec![insert("b")],
+            Kind::Wrapped => wrap(
+                format!("SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'w-' || :k, '{{\"amount\": 100}}')"),
+                "w",
+                format!("SELECT integrity.idem_complete('{ORG}', 'POST /orders', 'w-' || :k, 201, '{{\"order\": \"created\"}}')"),
             ),
-            Kind::Replay => format!(
-                "SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'r-{}', '{{\"amount\": 100}}')",
-                (client * 7919 + n as usize) % REPLAY_KEYS
+            Kind::Replay => vec![format!(
+                "SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'r-' || :r, '{{\"amount\": 100}}')"
+            )],
+            Kind::Calls => wrap("SELECT 1".into(), "c", "SELECT 1".into()),
+            Kind::Floor => wrap(
+                format!("SELECT 1 FROM bench_keys WHERE org_id = '{ORG}' AND scope = 'POST /orders' AND key = 'f-' || :k"),
+                "f",
+                format!(
+                    "INSERT INTO bench_keys (org_id, scope, key, fingerprint, status, response_code, response, created_at, expires_at)
+                     VALUES ('{ORG}', 'POST /orders', 'f-' || :k, '{FP}', 'completed', 201, '{{\"order\": \"created\"}}', now(), now() + '24 hours')"
+                )
+                .replace('\n', " "),
             ),
         }
+    }
+
+    /// The pgbench script for this approach.
+    fn script(self, simple: bool) -> String {
+        let mut s = format!(
+            "\\set k random(1, 9000000000000000000)\n\\set r random(0, {})\n",
+            REPLAY_KEYS - 1
+        );
+        let stmts = self.statements();
+        if simple {
+            // One Query message: statements separated by `\;`.
+            s += &stmts.join(" \\; ");
+            s += ";\n";
+        } else if stmts.len() > 1 {
+            s += "\\startpipeline\n";
+            for st in &stmts {
+                s += st;
+                s += ";\n";
+            }
+            s += "\\endpipeline\n";
+        } else {
+            s += &stmts[0];
+            s += ";\n";
+        }
+        s
     }
 }
 
-fn measure(cluster: &Cluster, kind: Kind, clients: usize, secs: f64, round: usize) -> f64 {
-    let until = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|i| {
-            let ci = cluster.conninfo();
-            std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&ci, postgres::NoTls).expect("connect");
-                let mut n = 0u64;
-                let id = (clients * 100 + round) * 1000 + i;
-                while Instant::now() < until {
-                    c.batch_execute(&kind.sql(id, n)).expect(kind.label());
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let total: u64 = handles.into_iter().map(|h| h.join().expect("client")).sum();
-    total as f64 / started.elapsed().as_secs_f64()
+fn pgbench() -> PathBuf {
+    let dir = match std::env::var("INTEGRITY_PG_BINDIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => common::pg_config("--bindir"),
+    };
+    dir.join("pgbench")
+}
+
+/// Requests per second of `script` at `clients` clients.
+fn measure(cluster: &Cluster, script: &Path, clients: usize, secs: f64, simple: bool) -> f64 {
+    let out = Command::new(pgbench())
+        .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+        .arg("-p")
+        .arg(cluster.port.to_string())
+        .args(["-M", if simple { "simple" } else { "prepared" }])
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-j")
+        .arg(clients.min(2).to_string())
+        .arg("-T")
+        .arg(format!("{}", secs.ceil() as u64))
+        .arg("-f")
+        .arg(script)
+        .arg("postgres")
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("aborted"),
+        "pgbench failed on {}:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
 }
 
 fn main() {
     let secs: f64 = shared::var("BENCH_SECONDS", 4.0);
     let rounds: usize = shared::var("BENCH_ROUNDS", 3);
     let clients = shared::clients("1,16");
+    let simple = std::env::var("BENCH_PROTOCOL").as_deref() == Ok("simple");
     let settings_owned = shared::settings();
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);
     let mut admin = cluster.connect();
     admin
-        .batch_execute("CREATE TABLE bench_orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE bench_orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL);
+             CREATE TABLE bench_keys (org_id uuid, scope text COLLATE \"C\", key text COLLATE \"C\",
+                 fingerprint text NOT NULL, status text NOT NULL, response_code int, response jsonb,
+                 created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
+                 PRIMARY KEY (org_id, scope, key)) WITH (fillfactor = 85)",
+        )
         .unwrap();
     // Completed keys for (3) to replay.
     admin
@@ -96,38 +202,73 @@ fn main() {
             REPLAY_KEYS - 1
         ))
         .unwrap();
-    admin
-        .batch_execute("VACUUM ANALYZE integrity.idempotency_keys")
-        .unwrap();
-    admin.batch_execute("VACUUM ANALYZE bench_orders").unwrap();
+    for t in ["integrity.idempotency_keys", "bench_orders", "bench_keys"] {
+        admin.batch_execute(&format!("VACUUM ANALYZE {t}")).unwrap();
+    }
+    // The scripts live in the cluster's directory, removed with it.
+    let scripts: Vec<PathBuf> = KINDS
+        .iter()
+        .map(|k| {
+            let p = cluster.dir.join(format!("{}.pgbench", k.name()));
+            std::fs::write(&p, k.script(simple)).expect("write pgbench script");
+            p
+        })
+        .collect();
     let pg: String = admin.query_one("SHOW server_version", &[]).unwrap().get(0);
     let sync: String = admin
         .query_one("SHOW synchronous_commit", &[])
         .unwrap()
         .get(0);
+    let protocol = if simple {
+        "simple-protocol query strings"
+    } else {
+        "prepared statements, a request's statements pipelined"
+    };
     println!(
-        "idempotency benchmark: PostgreSQL {pg}, synchronous_commit={sync}, {rounds} interleaved rounds of {secs} s per approach"
+        "idempotency benchmark (pgbench client): PostgreSQL {pg}, synchronous_commit={sync}, {protocol}, {rounds} interleaved rounds of {secs} s per approach"
     );
     println!("{:>3}  {:<24} {:>9}", "cl", "approach", "req/s");
-    let kinds = [Kind::Bare, Kind::Wrapped, Kind::Replay];
+    let k = KINDS.len();
     let mut worst_wrapped = f64::INFINITY;
     let mut worst_replay = f64::INFINITY;
     for &n in &clients {
-        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); k];
         for round in 0..rounds {
-            for k in 0..3 {
-                let i = (k + round) % 3;
-                runs[i].push(measure(&cluster, kinds[i], n, secs, round));
+            for j in 0..k {
+                let i = (j + round) % k;
+                runs[i].push(measure(&cluster, &scripts[i], n, secs, simple));
             }
         }
         let m: Vec<f64> = runs.into_iter().map(shared::median).collect();
-        for (kind, v) in kinds.iter().zip(&m) {
+        for (kind, v) in KINDS.iter().zip(&m) {
             println!("{:>3}  {:<24} {:>9.0}", n, kind.label(), v);
         }
         let (w, r) = (m[1] / m[0], m[2] / m[0]);
         worst_wrapped = worst_wrapped.min(w);
         worst_replay = worst_replay.min(r);
-        println!("{n:>3}  wrapped/bare = {w:.2}   replay/bare = {r:.2}");
+        println!(
+            "{n:>3}  wrapped/bare = {w:.2}   replay/bare = {r:.2}   floors: no-ops/bare = {:.2}, SQL key row/bare = {:.2}",
+            m[3] / m[0],
+            m[4] / m[0]
+        );
     }
+    // pgbench does not look at answers: check afterwards that every wrapped
+    // request began a new key and completed it, and that replays wrote nothing.
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM bench_orders WHERE key LIKE 'w-%'),
+                    (SELECT count(*) FROM integrity.idempotency_keys
+                      WHERE key LIKE 'w-%' AND status = 'completed' AND attempts = 1),
+                    (SELECT count(*) FROM integrity.idempotency_keys WHERE key LIKE 'r-%')",
+            &[],
+        )
+        .unwrap();
+    let (orders, keys, replayed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    println!("check: {orders} wrapped inserts, {keys} keys completed once, {replayed} replayed keys (of {REPLAY_KEYS})");
+    assert_eq!(
+        orders, keys,
+        "every wrapped insert has its own completed key"
+    );
+    assert_eq!(replayed as usize, REPLAY_KEYS);
     println!("summary: worst wrapped/bare = {worst_wrapped:.2} (target >= 0.70), worst replay/bare = {worst_replay:.2} (target >= 1.00)");
 }

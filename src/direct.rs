@@ -4,9 +4,8 @@
 //! an executor start and end and projections around work that is one index
 //! probe or one row. Here only the work is left, done by the routines a
 //! statement uses: index scans under the snapshot a statement would get,
-//! `table_tuple_insert` (or the speculative insertion INSERT … ON CONFLICT
-//! uses) and `ExecInsertIndexTuples`, which maintains every index and makes
-//! every unique and exclusion check as an INSERT does.
+//! `table_tuple_insert` and `ExecInsertIndexTuples`, which maintains every
+//! index and makes every unique and exclusion check as an INSERT does.
 //!
 //! A direct write does only what a statement would do on the table as
 //! integrity created it. `Rel` says when that is not the case, and the
@@ -526,19 +525,6 @@ unsafe fn open_kept_indexes(
     None
 }
 
-/// How a direct insert treats a conflict found by its arbiter index.
-#[derive(Clone, Copy, PartialEq)]
-pub enum OnConflict {
-    /// Insert as INSERT … ON CONFLICT does (a speculative insertion): a
-    /// conflicting row, committed or in flight, makes ours vanish at once
-    /// for everyone, and nobody waits on it.
-    Speculative,
-    /// Insert plainly, then delete our row again: writers that meet it
-    /// before the deletion commits wait for our transaction. For claims
-    /// made under our own locks, where that cannot form a cycle.
-    DeleteAgain,
-}
-
 /// The executor state one direct write of a row needs, and the row: the
 /// same sequence an INSERT's or UPDATE's executor runs for one row
 /// (ExecInitModifyTable, ExecInsert/ExecUpdate, ExecEndModifyTable).
@@ -607,25 +593,23 @@ impl<'r> Writer<'r> {
 
     /// Insert the row, with `arbiter`'s unique or exclusion check reporting
     /// a conflict as data: `false` means a conflicting row exists (or is in
-    /// flight) and ours is gone again, as `how` says.
-    pub fn insert(&mut self, arbiter: Oid, how: OnConflict) -> bool {
-        // SAFETY: the sequence ExecInsert runs for INSERT … ON CONFLICT (or,
-        // for DeleteAgain, a plain insert and a delete of our own row); the
-        // slot holds a row of the table's type.
+    /// flight) and ours was deleted again. Writers that meet our row before
+    /// that deletion commits wait for our transaction, so this is for rows
+    /// claimed under a lock of ours, where that wait cannot form a cycle.
+    pub fn insert(&mut self, arbiter: Oid) -> bool {
+        // SAFETY: the sequence ExecInsert runs for one row (and a delete of
+        // our own row on a conflict); the slot holds a row of the table's
+        // type.
         unsafe {
             pg_sys::ExecStoreVirtualTuple(self.slot);
             let raw = self.rel.raw;
-            let cid = pg_sys::GetCurrentCommandId(true);
-            let speculative = how == OnConflict::Speculative;
-            let token = if speculative {
-                let token =
-                    pg_sys::SpeculativeInsertionLockAcquire(pg_sys::GetCurrentTransactionId());
-                pg_sys::table_tuple_insert_speculative(raw, self.slot, cid, 0, null_mut(), token);
-                token
-            } else {
-                pg_sys::table_tuple_insert(raw, self.slot, cid, 0, null_mut());
-                0
-            };
+            pg_sys::table_tuple_insert(
+                raw,
+                self.slot,
+                pg_sys::GetCurrentCommandId(true),
+                0,
+                null_mut(),
+            );
             // noDupErr with `arbiter` as the only arbiter: a conflict comes
             // back as a flag (unique) or that index in the list (exclusion)
             // instead of an error, and an in-flight one without a wait.
@@ -644,13 +628,9 @@ impl<'r> Writer<'r> {
             // constraint would also be listed, for a later recheck, but
             // those come with triggers, which make a table not insertable).
             let conflict = flagged || pg_sys::list_member_oid(violated, arbiter);
-            if speculative {
-                pg_sys::table_tuple_complete_speculative(raw, self.slot, token, !conflict);
-                pg_sys::SpeculativeInsertionLockRelease(pg_sys::GetCurrentTransactionId());
-            }
             // Later commands of this transaction see the row (or its end).
             pg_sys::CommandCounterIncrement();
-            if conflict && !speculative {
+            if conflict {
                 pg_sys::simple_heap_delete(raw, &mut (*self.slot).tts_tid);
                 pg_sys::CommandCounterIncrement();
             }

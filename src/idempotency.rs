@@ -262,6 +262,24 @@ fn key_lock(k: &Key<'_>) -> i64 {
     ])
 }
 
+thread_local! {
+    static STARTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `{"outcome": "started", "attempt": 1}`.
+fn started() -> Jsonb {
+    Jsonb::cached(&STARTED, || {
+        Builder::new()
+            .begin_object()
+            .key("outcome")
+            .string("started")
+            .key("attempt")
+            .int(1)
+            .end()
+            .finish()
+    })
+}
+
 /// The clock, as clock_timestamp() reads it.
 fn now() -> pg_sys::TimestampTz {
     // SAFETY: reads the system clock.
@@ -458,6 +476,7 @@ fn idem_begin(
 
     // The key's lock, to the end of the transaction: a duplicate waits
     // here while the key is being begun, worked on and settled.
+    direct::lock_table();
     let lock = key_lock(&k);
     advisory_lock(lock, false);
     // Begun before in this transaction: written now, and answered below
@@ -475,14 +494,7 @@ fn idem_begin(
         // settles (or as processing at commit). See `pending`.
         Some(direct::Peek::Absent { insertable: true }) if !xact_snapshot() => {
             pending::add(&k, fingerprint, lease, ttl, now());
-            return Builder::new()
-                .begin_object()
-                .key("outcome")
-                .string("started")
-                .key("attempt")
-                .int(1)
-                .end()
-                .finish();
+            return started();
         }
         _ => {}
     }

@@ -27,6 +27,34 @@ impl Jsonb {
         Jsonb(d.expect("jsonb_in never returns NULL"))
     }
 
+    /// A fixed answer: built by `build` once per backend, then copied for
+    /// each call (a palloc and a memcpy instead of building it again).
+    pub fn cached(
+        cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>,
+        build: impl FnOnce() -> Jsonb,
+    ) -> Jsonb {
+        cell.with(|c| {
+            let mut bytes = c.borrow_mut();
+            if bytes.is_empty() {
+                let j = build();
+                // SAFETY: a jsonb we built: a plain varlena with a 4-byte
+                // header, VARSIZE bytes long.
+                unsafe {
+                    let p = j.0.cast_mut_ptr::<u8>();
+                    let len = pgrx::varlena::varsize_any(p.cast());
+                    bytes.extend_from_slice(std::slice::from_raw_parts(p, len));
+                }
+            }
+            // SAFETY: a copy of a complete jsonb varlena, in the current
+            // memory context.
+            unsafe {
+                let p = pg_sys::palloc(bytes.len()).cast::<u8>();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+                Jsonb(pg_sys::Datum::from(p))
+            }
+        })
+    }
+
     /// Keep a jsonb datum that SPI returned: copy it out of SPI's memory into
     /// the memory of the calling function, so it survives `SPI_finish`.
     pub fn from_spi(datum: pg_sys::Datum) -> Jsonb {

@@ -10,7 +10,7 @@
 //! writes the same WAL, maintains every index on the table and makes the
 //! exclusion check `bookings_no_overlap` exactly as an INSERT does.
 
-use crate::direct::{OnConflict, Rel, Spec, Writer};
+use crate::direct::{Rel, Spec, Writer};
 use crate::errors::bug;
 use crate::jsonb::Jsonb;
 use pgrx::datum::{Range, RangeBound, Uuid};
@@ -251,7 +251,7 @@ pub fn insert(
     // The exclusion constraint is the arbiter. The claim is made under our
     // locks, where a booking in flight can only come from a writer that
     // bypasses them; deleting our row again cannot form a wait cycle.
-    let inserted = w.insert(rel.index(NO_OVERLAP), OnConflict::DeleteAgain);
+    let inserted = w.insert(rel.index(NO_OVERLAP));
     w.finish();
     rel.close();
     Some(if inserted {

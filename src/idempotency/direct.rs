@@ -1,18 +1,18 @@
 //! The hot paths of idempotency keys without SQL, through `crate::direct`:
-//! the look at a key (`peek`) as an index probe, the claim of a new key
-//! (`claim`) as the speculative insertion INSERT … ON CONFLICT DO NOTHING
-//! makes, and the completion or failure of a key this transaction holds
-//! (`settle`) as an update of its own row.
+//! the look at a key (`peek`) as a primary-key probe, the write of a key's
+//! row (`insert`, under the key's lock) as a heap insert, and the
+//! completion or failure of a key whose processing row this transaction
+//! wrote (`settle`) as an update of that row.
 //!
 //! Each answers `None` when its statement in `idempotency.rs` must run
 //! instead: the table is not as integrity created it, the role or row
 //! security would not let this run as it stands (SQL then raises what a
-//! statement raises), or the case is one the statements handle (a claim or
-//! settle under REPEATABLE READ or SERIALIZABLE, a key held by another
+//! statement raises), or the case is one the statements handle (a write
+//! under REPEATABLE READ or SERIALIZABLE, a key held by another
 //! transaction, a key whose lease ran out).
 
 use super::Key;
-use crate::direct::{xact_snapshot, OnConflict, Rel, Spec, Writer};
+use crate::direct::{xact_snapshot, Rel, Spec, Writer};
 use crate::jsonb::{Builder, Jsonb};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -109,6 +109,15 @@ pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
     }
 }
 
+/// Take the lock writing a key's row takes (ROW EXCLUSIVE on the table),
+/// now: `idem_begin` takes it before the key's lock and before it knows
+/// whether it will write, so that no write later in the transaction waits
+/// to upgrade a lock (behind DDL that in turn waits for us), and nobody
+/// queues for the table while holding a key's lock.
+pub fn lock_table() {
+    Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE).close();
+}
+
 /// Look at the key as a statement starting now would see it; answer it if
 /// it is final and unexpired. Any isolation level: the probe takes the
 /// snapshot, and under SERIALIZABLE the predicate locks, a SELECT would.
@@ -181,10 +190,10 @@ pub struct NewRow<'a> {
     pub end: Option<&'a Settle<'a>>,
 }
 
-/// Write a key's row as INSERT … ON CONFLICT DO NOTHING would (a
-/// speculative insertion): `Some(true)` when it is in; `Some(false)` when
-/// another row for the key is there or in flight (ours vanished). `None`
-/// when the statements must do it. READ COMMITTED only.
+/// Write a key's row, holding the key's lock: `Some(true)` when it is in;
+/// `Some(false)` when another row for the key is there or in flight (a
+/// writer that bypassed the lock; ours is deleted again). `None` when the
+/// statements must do it. READ COMMITTED only.
 pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
     if xact_snapshot() {
         return None;
@@ -230,7 +239,10 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
             );
         }
     }
-    let inserted = w.insert(rel.index(PKEY), OnConflict::Speculative);
+    // Under the key's lock no other row for the key can appear (every
+    // writer takes it), so a plain insert; should one appear all the same,
+    // ours is deleted again and the caller raises.
+    let inserted = w.insert(rel.index(PKEY));
     w.finish();
     rel.close();
     Some(inserted)
