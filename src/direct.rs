@@ -195,6 +195,20 @@ impl Rel {
         }
     }
 
+    /// `spec`'s table opened ROW EXCLUSIVE for a direct write of
+    /// `org_id`'s rows needing the privileges `wanted`; `None` (the table
+    /// closed again) when it is not `insertable` or not `allowed`: then
+    /// the caller's statement must do the write.
+    pub fn for_write(spec: &'static Spec, wanted: pg_sys::AclMode, org_id: Uuid) -> Option<Rel> {
+        let rel = Rel::open(spec, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        if rel.insertable() && rel.allowed(wanted, org_id) {
+            Some(rel)
+        } else {
+            rel.close();
+            None
+        }
+    }
+
     pub fn close(self) {
         // SAFETY: closes the relation `open` opened, keeping its lock.
         unsafe { pg_sys::table_close(self.raw, pg_sys::NoLock as pg_sys::LOCKMODE) };

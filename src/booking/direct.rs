@@ -214,12 +214,8 @@ pub fn insert(
     span: pg_sys::Datum,
     metadata: Jsonb,
 ) -> Option<Claimed> {
-    let rel = Rel::open(&BOOKINGS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
-    if !rel.insertable() || !rel.allowed(wanted, org_id) {
-        rel.close();
-        return None;
-    }
+    let rel = Rel::for_write(&BOOKINGS, wanted, org_id)?;
     let mut w = Writer::new(&rel);
     let (values, nulls) = w.row();
     let mut set = |i: usize, d: Option<pg_sys::Datum>| {

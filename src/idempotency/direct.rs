@@ -198,12 +198,8 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
     if xact_snapshot() {
         return None;
     }
-    let rel = Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
-    if !rel.insertable() || !rel.allowed(wanted, k.org_id) {
-        rel.close();
-        return None;
-    }
+    let rel = Rel::for_write(&KEYS, wanted, k.org_id)?;
     let mut w = Writer::new(&rel);
     let (values, nulls) = w.row();
     let mut set = |i: usize, d: Option<pg_sys::Datum>| {
@@ -295,12 +291,8 @@ pub fn settle(k: &Key<'_>, how: &Settle<'_>) -> Option<Jsonb> {
     if xact_snapshot() {
         return None;
     }
-    let rel = Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
     let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
-    if !rel.insertable() || !rel.allowed(wanted, k.org_id) {
-        rel.close();
-        return None;
-    }
+    let rel = Rel::for_write(&KEYS, wanted, k.org_id)?;
     let mut w = Writer::new(&rel);
     // SAFETY: SnapshotSelf sees this transaction's own changes, so the
     // probe finds the row's current version; only a version this
