@@ -24,6 +24,14 @@ pub enum Kind {
     NotInPrerequisiteState,
     /// 23505: a row that must be unique exists already.
     UniqueViolation,
+    /// 23514: a row breaks a rule it must keep (a trigger's `reject`).
+    CheckViolation,
+    /// 39P01: a trigger function attached at the wrong timing, level or event.
+    TriggerProtocol,
+    /// 42703: a named column does not exist.
+    UndefinedColumn,
+    /// 42P01: a named table does not exist.
+    UndefinedTable,
 }
 
 impl Kind {
@@ -37,6 +45,10 @@ impl Kind {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             Kind::UniqueViolation => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            Kind::CheckViolation => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            Kind::TriggerProtocol => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            Kind::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            Kind::UndefinedTable => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
         }
     }
 }
@@ -57,6 +69,24 @@ pub fn raise(
         .set_hint(hint)
         .report(PgLogLevel::ERROR);
     // `report` at ERROR level does not return; this keeps the type `!` honest.
+    unreachable!("ERROR-level report returned")
+}
+
+/// `raise` with an SQLSTATE of Postgres's choosing (one a caught error
+/// had) and a DETAIL.
+#[track_caller]
+pub fn raise_as(
+    code: PgSqlErrorCode,
+    function: &'static str,
+    message: impl Into<String>,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> ! {
+    let message = format!("{function}: {}", message.into());
+    ErrorReport::new(code, message, function)
+        .set_detail(detail)
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
     unreachable!("ERROR-level report returned")
 }
 

@@ -6,6 +6,9 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// so `SET integrity.max_booking_duration = '8h'` works).
 static MAX_BOOKING_DURATION: GucSetting<i32> = GucSetting::<i32>::new(24 * 60 * 60);
 
+/// Whether trigger functions log their corrections to integrity.alerts.
+static LOG_CORRECTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Most candidate slots `free_slots` will consider in one call.
 static MAX_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
@@ -30,6 +33,19 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"integrity.log_corrections",
+        c"Whether integrity's trigger functions log each correction to integrity.alerts.",
+        c"Off: corrections are still made, but not logged. Default on.",
+        &LOG_CORRECTIONS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+/// `integrity.log_corrections`.
+pub fn log_corrections() -> bool {
+    LOG_CORRECTIONS.get()
 }
 
 /// `integrity.max_booking_duration` in microseconds.

@@ -26,6 +26,8 @@ mod booking;
 mod idempotency;
 /// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
 mod keys;
+/// Trigger functions that keep the user's own tables consistent, with corrections logged.
+mod triggers;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod testutil;

@@ -1,0 +1,1106 @@
+//! Trigger functions that keep the user's own tables consistent.
+//!
+//! Attached with an ordinary `CREATE TRIGGER … EXECUTE FUNCTION
+//! integrity.tg_…('arg', …)` to any table. The BEFORE ROW functions change
+//! `NEW` in place (`heap_modify_tuple_by_cols`) with no SQL on their path;
+//! `tg_child_flag` (AFTER ROW, on the child table) updates the parent with
+//! two statements prepared once per trigger.
+//!
+//! A trigger's arguments are validated the first time it fires in a
+//! session (columns looked up, values converted with the column type's own
+//! input function, the parent table resolved) and kept until the table's
+//! relcache entry is invalidated (ALTER TABLE, CREATE/DROP TRIGGER, …).
+//! Every mistake names the trigger, the table and the argument, with a
+//! HINT showing a correct `CREATE TRIGGER`.
+//!
+//! A *correction* is a non-NULL value a trigger overwrote because it broke
+//! the trigger's rule; each is logged to `integrity.alerts` unless
+//! `integrity.log_corrections` is off. Filling a NULL and keeping a parent's
+//! flag in step with its children are the rule at work, not corrections.
+
+use crate::errors::{raise, raise_as, Kind};
+use crate::gucs;
+use crate::jsonb::Jsonb;
+use crate::plans::{run, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, Oid};
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::rc::Rc;
+
+pgrx::extension_sql_file!(
+    "../sql/alerts.sql",
+    name = "alerts",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/triggers_api.sql",
+    name = "triggers_api",
+    requires = [
+        "alerts",
+        tg_default,
+        tg_link_status,
+        tg_implies,
+        tg_child_flag
+    ]
+);
+
+// ---------------------------------------------------------------------------
+// The firing trigger
+
+const TG_DEFAULT: &str = "integrity.tg_default";
+const TG_LINK_STATUS: &str = "integrity.tg_link_status";
+const TG_IMPLIES: &str = "integrity.tg_implies";
+const TG_CHILD_FLAG: &str = "integrity.tg_child_flag";
+
+/// The trigger firing now, and which of our functions it calls.
+struct Fired<'a> {
+    td: &'a pg_sys::TriggerData,
+    func: &'static str,
+}
+
+impl Fired<'_> {
+    fn trigger(&self) -> &pg_sys::Trigger {
+        // SAFETY: tg_trigger is set for every trigger call.
+        unsafe { &*self.td.tg_trigger }
+    }
+
+    fn rel(&self) -> pg_sys::Relation {
+        self.td.tg_relation
+    }
+
+    fn relid(&self) -> Oid {
+        // SAFETY: tg_relation is the open relation the trigger fired on.
+        unsafe { (*self.rel()).rd_id }
+    }
+
+    fn name(&self) -> String {
+        // SAFETY: tgname is a NUL-terminated string.
+        unsafe { CStr::from_ptr(self.trigger().tgname) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The table, schema-qualified and quoted as SQL needs it.
+    fn table(&self) -> String {
+        qualified(self.relid())
+    }
+
+    fn args(&self) -> Vec<String> {
+        let t = self.trigger();
+        (0..t.tgnargs as usize)
+            .map(|i| {
+                // SAFETY: tgargs has tgnargs NUL-terminated strings.
+                unsafe { CStr::from_ptr(*t.tgargs.add(i)) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+
+    fn event(&self) -> u32 {
+        self.td.tg_event
+    }
+
+    fn is_row(&self) -> bool {
+        self.event() & pg_sys::TRIGGER_EVENT_ROW != 0
+    }
+
+    fn is_before(&self) -> bool {
+        self.event() & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE
+    }
+
+    fn is_after(&self) -> bool {
+        self.event() & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_AFTER
+    }
+
+    fn op(&self) -> u32 {
+        self.event() & pg_sys::TRIGGER_EVENT_OPMASK
+    }
+
+    /// A mistake in how the trigger is made, named and with a correct
+    /// `CREATE TRIGGER` (`example`) as the hint.
+    fn mistake(&self, kind: Kind, what: String, example: &str) -> ! {
+        raise(
+            kind,
+            self.func,
+            format!(
+                "trigger {:?} on table {}: {what}",
+                self.name(),
+                self.table()
+            ),
+            format!("For example: {example}"),
+        )
+    }
+}
+
+/// `schema.table` of a relation, quoted as needed.
+fn qualified(relid: Oid) -> String {
+    // SAFETY: catalog lookups of an existing relation; quote_identifier
+    // returns its argument or a palloc'd quoted copy.
+    unsafe {
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let rel = pg_sys::get_rel_name(relid);
+        if nsp.is_null() || rel.is_null() {
+            return format!("oid {}", relid.to_u32());
+        }
+        format!(
+            "{}.{}",
+            CStr::from_ptr(pg_sys::quote_identifier(nsp)).to_string_lossy(),
+            CStr::from_ptr(pg_sys::quote_identifier(rel)).to_string_lossy()
+        )
+    }
+}
+
+fn quote(ident: &str) -> String {
+    let c = CString::new(ident).unwrap_or_default();
+    // SAFETY: quote_identifier of a NUL-terminated string.
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// SQL string literal for a hint.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+// ---------------------------------------------------------------------------
+// Validated arguments, kept per trigger
+
+/// A column of the trigger's table (or of a parent table).
+#[derive(Clone)]
+struct Col {
+    name: String,
+    /// 1-based.
+    attnum: i16,
+    typid: Oid,
+    typmod: i32,
+    collation: Oid,
+}
+
+/// A value converted to a column's type, kept in the trigger's memory.
+struct Value {
+    datum: pg_sys::Datum,
+    text: String,
+}
+
+/// Memory for a trigger's kept values, freed with it.
+struct Memory(pg_sys::MemoryContext);
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // SAFETY: the context was made for this trigger and is used by
+        // nothing else once the trigger's entry is gone.
+        unsafe { pg_sys::MemoryContextDelete(self.0) }
+    }
+}
+
+struct Entry {
+    relid: Oid,
+    config: Rc<dyn Any>,
+}
+
+thread_local! {
+    static CONFIGS: RefCell<HashMap<Oid, Entry>> = RefCell::new(HashMap::new());
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Relcache invalidation callback: forget the triggers of a table that
+/// changed (or of every table).
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
+    // Values are only dropped after the borrow ends (their Drop may free
+    // memory contexts).
+    let gone: Vec<Entry> = CONFIGS.with(|c| {
+        let mut c = c.borrow_mut();
+        let keys: Vec<Oid> = c
+            .iter()
+            .filter(|(_, e)| relid == Oid::INVALID || e.relid == relid)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter().filter_map(|k| c.remove(&k)).collect()
+    });
+    drop(gone);
+}
+
+/// The validated arguments of the firing trigger, built by `build` on its
+/// first use in this session.
+fn config<T: 'static>(f: &Fired<'_>, build: impl FnOnce(&Fired<'_>) -> T) -> Rc<T> {
+    let tgoid = f.trigger().tgoid;
+    let kept = CONFIGS.with(|c| c.borrow().get(&tgoid).map(|e| e.config.clone()));
+    if let Some(kept) = kept.and_then(|k| k.downcast::<T>().ok()) {
+        return kept;
+    }
+    if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: registered once per backend, for its life.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    let built = Rc::new(build(f));
+    CONFIGS.with(|c| {
+        c.borrow_mut().insert(
+            tgoid,
+            Entry {
+                relid: f.relid(),
+                config: built.clone(),
+            },
+        )
+    });
+    built
+}
+
+/// A memory context for a trigger's kept values: made under the current
+/// transaction, so a failed validation frees it; `keep` moves it under
+/// TopMemoryContext once the trigger is valid.
+fn memory() -> Memory {
+    // SAFETY: a new context under the transaction's.
+    Memory(unsafe {
+        pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurTransactionContext,
+            c"integrity trigger".as_ptr(),
+            0,
+            1024,
+            8 * 1024 * 1024,
+        )
+    })
+}
+
+impl Memory {
+    fn keep(self) -> Memory {
+        // SAFETY: reparenting our own context.
+        unsafe { pg_sys::MemoryContextSetParent(self.0, pg_sys::TopMemoryContext) };
+        self
+    }
+}
+
+/// The column `name` of `relid` (the trigger's table when `relid` is
+/// its own), or the mistake.
+fn column(f: &Fired<'_>, relid: Oid, name: &str, arg: usize, example: &str) -> Col {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog lookups by OID and name.
+    unsafe {
+        let attnum = pg_sys::get_attnum(relid, c.as_ptr());
+        if attnum <= 0 {
+            f.mistake(
+                Kind::UndefinedColumn,
+                format!(
+                    "argument {arg} names column {name:?}, which table {} does not have",
+                    qualified(relid)
+                ),
+                example,
+            );
+        }
+        let (mut typid, mut typmod, mut collation) = (Oid::INVALID, 0, Oid::INVALID);
+        pg_sys::get_atttypetypmodcoll(relid, attnum, &mut typid, &mut typmod, &mut collation);
+        Col {
+            name: name.to_string(),
+            attnum,
+            typid,
+            typmod,
+            collation,
+        }
+    }
+}
+
+/// `text` converted with `col`'s type input function, into `mem`; or the
+/// mistake, with the input function's own SQLSTATE and message.
+fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example: &str) -> Value {
+    let c = CString::new(text).unwrap_or_default();
+    // SAFETY: the conversion runs in a subtransaction, so an error from the
+    // input function is caught cleanly and the subtransaction rolled back;
+    // the memory context and resource owner are restored after it.
+    let result = unsafe {
+        let old_cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(mem.0);
+        let (typid, typmod) = (col.typid, col.typmod);
+        let r = pgrx::PgTryBuilder::new(move || {
+            let (mut input, mut ioparam) = (Oid::INVALID, Oid::INVALID);
+            pg_sys::getTypeInputInfo(typid, &mut input, &mut ioparam);
+            Ok(pg_sys::OidInputFunctionCall(
+                input,
+                c.as_ptr().cast_mut(),
+                ioparam,
+                typmod,
+            ))
+        })
+        .catch_others(|e| match e {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                Err((r.sql_error_code(), r.message().to_string()))
+            }
+        })
+        .execute();
+        match r {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    };
+    match result {
+        Ok(datum) => Value {
+            datum,
+            text: text.to_string(),
+        },
+        Err((code, message)) => raise_as(
+            code,
+            f.func,
+            format!(
+                "trigger {:?} on table {}: argument {arg} ({}) is not a value of column {:?}",
+                f.name(),
+                f.table(),
+                literal(text),
+                col.name
+            ),
+            message,
+            format!("For example: {example}"),
+        ),
+    }
+}
+
+/// The equality function of `col`'s type, or the mistake.
+fn equality(f: &Fired<'_>, col: &Col, example: &str) -> *mut pg_sys::FmgrInfo {
+    // SAFETY: the type cache entry lives for the backend; its eq_opr_finfo
+    // is filled in by the lookup when the type has an equality operator.
+    unsafe {
+        let t = pg_sys::lookup_type_cache(col.typid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
+        if (*t).eq_opr == Oid::INVALID {
+            f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "column {:?} has a type without an equality operator",
+                    col.name
+                ),
+                example,
+            );
+        }
+        &mut (*t).eq_opr_finfo
+    }
+}
+
+fn equal(eq: *mut pg_sys::FmgrInfo, collation: Oid, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
+    // SAFETY: eq is the type's equality function, a and b values of it.
+    unsafe { pg_sys::FunctionCall2Coll(eq, collation, a, b).value() != 0 }
+}
+
+/// Text of a value of `typid`, for the alert log.
+fn output(typid: Oid, datum: pg_sys::Datum) -> String {
+    // SAFETY: the type's output function on a value of the type.
+    unsafe {
+        let (mut out, mut varlena) = (Oid::INVALID, false);
+        pg_sys::getTypeOutputInfo(typid, &mut out, &mut varlena);
+        CStr::from_ptr(pg_sys::OidOutputFunctionCall(out, datum))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The primary key columns of the trigger's table (empty without one).
+fn primary_key(f: &Fired<'_>) -> Vec<Col> {
+    // SAFETY: the open relation's primary key index, opened to read its
+    // key columns.
+    unsafe {
+        let pk = pg_sys::RelationGetPrimaryKeyIndex(f.rel());
+        if pk == Oid::INVALID {
+            return Vec::new();
+        }
+        let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let n = (*(*index).rd_index).indnkeyatts as usize;
+        let keys = (*(*index).rd_index).indkey.values.as_slice(n).to_vec();
+        pg_sys::index_close(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let desc = (*f.rel()).rd_att;
+        keys.into_iter()
+            .map(|attnum| {
+                let a = (*desc).attrs.as_slice((*desc).natts as usize)[(attnum - 1) as usize];
+                Col {
+                    name: CStr::from_ptr(a.attname.data.as_ptr())
+                        .to_string_lossy()
+                        .into_owned(),
+                    attnum,
+                    typid: a.atttypid,
+                    typmod: a.atttypmod,
+                    collation: a.attcollation,
+                }
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading and changing NEW
+
+/// The value of column `attnum` in `tuple`.
+fn get(f: &Fired<'_>, tuple: pg_sys::HeapTuple, attnum: i16) -> Option<pg_sys::Datum> {
+    let mut null = false;
+    // SAFETY: a tuple of the trigger's table and one of its columns.
+    let d = unsafe { pg_sys::heap_getattr(tuple, attnum as i32, (*f.rel()).rd_att, &mut null) };
+    (!null).then_some(d)
+}
+
+/// Changes to make to NEW: (column, new value or NULL, old value).
+type Changes = Vec<(Col, Option<pg_sys::Datum>, Option<pg_sys::Datum>)>;
+
+/// NEW with `changes` made, each correction (a non-NULL value overwritten)
+/// logged; `None` when nothing changes.
+fn apply(f: &Fired<'_>, tuple: pg_sys::HeapTuple, changes: Changes) -> pg_sys::HeapTuple {
+    if changes.is_empty() {
+        return tuple;
+    }
+    let corrections: Vec<_> = changes
+        .iter()
+        .filter(|(_, _, before)| before.is_some())
+        .collect();
+    if !corrections.is_empty() && gucs::log_corrections() {
+        for (col, after, before) in corrections {
+            log_correction(f, tuple, col, *before, *after);
+        }
+    }
+    let cols: Vec<i32> = changes.iter().map(|(c, _, _)| c.attnum as i32).collect();
+    let mut values: Vec<pg_sys::Datum> = changes
+        .iter()
+        .map(|(_, v, _)| v.unwrap_or(pg_sys::Datum::from(0)))
+        .collect();
+    let mut nulls: Vec<bool> = changes.iter().map(|(_, v, _)| v.is_none()).collect();
+    // SAFETY: a new tuple from NEW with the listed columns replaced; the
+    // executor takes it as the row to store.
+    unsafe {
+        pg_sys::heap_modify_tuple_by_cols(
+            tuple,
+            (*f.rel()).rd_att,
+            cols.len() as i32,
+            cols.as_ptr().cast_mut(),
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        )
+    }
+}
+
+static LOG: Stmt = Stmt {
+    sql: "INSERT INTO integrity.alerts
+              (check_name, severity, subject, details, auto_corrected, resolved_at, resolution)
+          VALUES ($1, 'info', $2, $3, true, pg_catalog.clock_timestamp(), 'auto-corrected')",
+    args: &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::JSONBOID],
+    writes: true,
+};
+
+fn log_correction(
+    f: &Fired<'_>,
+    tuple: pg_sys::HeapTuple,
+    col: &Col,
+    before: Option<pg_sys::Datum>,
+    after: Option<pg_sys::Datum>,
+) {
+    let pk = primary_key(f);
+    let key: serde_json::Map<String, serde_json::Value> = pk
+        .iter()
+        .map(|c| {
+            let v = get(f, tuple, c.attnum).map(|d| output(c.typid, d));
+            (c.name.clone(), serde_json::Value::from(v))
+        })
+        .collect();
+    let subject = if pk.is_empty() {
+        f.table()
+    } else {
+        format!(
+            "{}({})=({})",
+            f.table(),
+            pk.iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            key.values()
+                .map(|v| v.as_str().unwrap_or("NULL").to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let details = serde_json::json!({
+        "table": f.table(),
+        "trigger": f.name(),
+        "key": key,
+        "column": col.name,
+        "before": before.map(|d| output(col.typid, d)),
+        "after": after.map(|d| output(col.typid, d)),
+    });
+    let check = f.func.trim_start_matches("integrity.");
+    with_pinned_search_path(|| {
+        Spi::connect_mut(|client| {
+            run(
+                client,
+                &LOG,
+                None,
+                &[
+                    check.into(),
+                    subject.into(),
+                    Jsonb::from_text(&details.to_string()).into(),
+                ],
+            );
+        })
+    });
+}
+
+/// Run `f` with `search_path = pg_catalog, pg_temp`, restored afterwards:
+/// the SQL a trigger function runs resolves names there, as a function
+/// declared with that SET would, but rows that need no SQL do not pay for
+/// setting it.
+fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the GUC nest level is the mechanism fmgr uses for a
+    // function's SET clauses; an ERROR inside `f` unwinds it at abort.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let r = f();
+    // SAFETY: closes the nest level opened above, restoring the setting.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    r
+}
+
+impl Fired<'_> {
+    /// This trigger as it should have been made: `timing` (e.g. `BEFORE
+    /// INSERT OR UPDATE`), FOR EACH ROW, with its own arguments.
+    fn remade(&self, timing: &str) -> String {
+        let args: Vec<String> = self.args().iter().map(|a| literal(a)).collect();
+        format!(
+            "CREATE TRIGGER {} {timing} ON {} FOR EACH ROW EXECUTE FUNCTION {}({})",
+            quote(&self.name()),
+            self.table(),
+            self.func,
+            args.join(", ")
+        )
+    }
+}
+
+/// Check a BEFORE ROW INSERT/UPDATE trigger's attachment.
+fn before_row(f: &Fired<'_>) {
+    if !f.is_before() || !f.is_row() || f.op() == pg_sys::TRIGGER_EVENT_DELETE {
+        f.mistake(
+            Kind::TriggerProtocol,
+            "must be attached BEFORE INSERT or UPDATE, FOR EACH ROW".into(),
+            &f.remade("BEFORE INSERT OR UPDATE"),
+        );
+    }
+}
+
+/// NEW of a BEFORE ROW INSERT/UPDATE trigger.
+fn new_row(f: &Fired<'_>) -> pg_sys::HeapTuple {
+    if f.op() == pg_sys::TRIGGER_EVENT_UPDATE {
+        f.td.tg_newtuple
+    } else {
+        f.td.tg_trigtuple
+    }
+}
+
+/// Return `tuple` as the trigger's result.
+fn result<'a>(
+    f: &Fired<'a>,
+    tuple: pg_sys::HeapTuple,
+) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> {
+    // SAFETY: a tuple of the trigger's table, described by its descriptor.
+    Some(unsafe {
+        PgHeapTuple::from_heap_tuple(
+            pgrx::PgTupleDesc::from_pg_unchecked((*f.rel()).rd_att),
+            tuple,
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------
+// tg_default
+
+struct DefaultConfig {
+    pairs: Vec<(Col, Value)>,
+    _memory: Memory,
+}
+
+/// BEFORE INSERT (or UPDATE) FOR EACH ROW: a NULL in each named column
+/// becomes its value.
+#[pg_trigger]
+fn tg_default<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let f = Fired {
+        td: trigger.trigger_data(),
+        func: TG_DEFAULT,
+    };
+    let example = format!(
+        "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_default('direction', 'inbound')",
+        quote(&f.name()),
+        f.table()
+    );
+    before_row(&f);
+    let cfg = config(&f, |f| {
+        let args = f.args();
+        if args.is_empty() || args.len() % 2 != 0 {
+            f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "takes pairs of column and value, got {} arguments",
+                    args.len()
+                ),
+                &example,
+            );
+        }
+        let mem = memory();
+        let pairs = args
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let col = column(f, f.relid(), &pair[0], 2 * i + 1, &example);
+                let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example);
+                (col, v)
+            })
+            .collect();
+        DefaultConfig {
+            pairs,
+            _memory: mem.keep(),
+        }
+    });
+    let new = new_row(&f);
+    let changes: Changes = cfg
+        .pairs
+        .iter()
+        .filter(|(col, _)| get(&f, new, col.attnum).is_none())
+        .map(|(col, v)| (col.clone(), Some(v.datum), None))
+        .collect();
+    Ok(result(&f, apply(&f, new, changes)))
+}
+
+// ---------------------------------------------------------------------------
+// tg_link_status
+
+struct LinkConfig {
+    fk: Col,
+    status: Col,
+    linked: Value,
+    unlinked: Value,
+    eq: *mut pg_sys::FmgrInfo,
+    _memory: Memory,
+}
+
+/// BEFORE INSERT OR UPDATE FOR EACH ROW: `status_col` is `linked_value`
+/// when `fk_col` is set, `unlinked_value` when it is NULL.
+#[pg_trigger]
+fn tg_link_status<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let f = Fired {
+        td: trigger.trigger_data(),
+        func: TG_LINK_STATUS,
+    };
+    let example = format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_link_status('customer_id', 'customer_link_status', 'linked', 'unlinked')",
+        quote(&f.name()),
+        f.table()
+    );
+    before_row(&f);
+    let cfg = config(&f, |f| {
+        let args = f.args();
+        if args.len() != 4 {
+            f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "takes 4 arguments (fk_col, status_col, linked_value, unlinked_value), got {}",
+                    args.len()
+                ),
+                &example,
+            );
+        }
+        let mem = memory();
+        let fk = column(f, f.relid(), &args[0], 1, &example);
+        let status = column(f, f.relid(), &args[1], 2, &example);
+        let linked = value(f, &status, &args[2], 3, &mem, &example);
+        let unlinked = value(f, &status, &args[3], 4, &mem, &example);
+        let eq = equality(f, &status, &example);
+        LinkConfig {
+            fk,
+            status,
+            linked,
+            unlinked,
+            eq,
+            _memory: mem.keep(),
+        }
+    });
+    let new = new_row(&f);
+    let want = if get(&f, new, cfg.fk.attnum).is_some() {
+        &cfg.linked
+    } else {
+        &cfg.unlinked
+    };
+    let have = get(&f, new, cfg.status.attnum);
+    let changes = match have {
+        Some(d) if equal(cfg.eq, cfg.status.collation, d, want.datum) => Vec::new(),
+        _ => vec![(cfg.status.clone(), Some(want.datum), have)],
+    };
+    Ok(result(&f, apply(&f, new, changes)))
+}
+
+// ---------------------------------------------------------------------------
+// tg_implies
+
+struct ImpliesConfig {
+    if_col: Col,
+    if_value: Value,
+    if_eq: *mut pg_sys::FmgrInfo,
+    then_col: Col,
+    then_value: Value,
+    then_eq: *mut pg_sys::FmgrInfo,
+    reject: bool,
+    _memory: Memory,
+}
+
+/// BEFORE INSERT OR UPDATE FOR EACH ROW: when `if_col = if_value`,
+/// `then_col` must be `then_value`: corrected (default) or the row refused
+/// with 23514 (`'reject'`).
+#[pg_trigger]
+fn tg_implies<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let f = Fired {
+        td: trigger.trigger_data(),
+        func: TG_IMPLIES,
+    };
+    let example = format!(
+        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_implies('session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct')",
+        quote(&f.name()),
+        f.table()
+    );
+    before_row(&f);
+    let cfg = config(&f, |f| {
+        let args = f.args();
+        if args.len() != 4 && args.len() != 5 {
+            f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "takes 4 or 5 arguments (if_col, if_value, then_col, then_value [, 'correct' | 'reject']), got {}",
+                    args.len()
+                ),
+                &example,
+            );
+        }
+        let reject = match args.get(4).map(String::as_str) {
+            None | Some("correct") => false,
+            Some("reject") => true,
+            Some(other) => f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "argument 5 must be 'correct' or 'reject', got {}",
+                    literal(other)
+                ),
+                &example,
+            ),
+        };
+        let mem = memory();
+        let if_col = column(f, f.relid(), &args[0], 1, &example);
+        let if_value = value(f, &if_col, &args[1], 2, &mem, &example);
+        let then_col = column(f, f.relid(), &args[2], 3, &example);
+        let then_value = value(f, &then_col, &args[3], 4, &mem, &example);
+        let if_eq = equality(f, &if_col, &example);
+        let then_eq = equality(f, &then_col, &example);
+        ImpliesConfig {
+            if_col,
+            if_value,
+            if_eq,
+            then_col,
+            then_value,
+            then_eq,
+            reject,
+            _memory: mem.keep(),
+        }
+    });
+    let new = new_row(&f);
+    let applies = get(&f, new, cfg.if_col.attnum)
+        .is_some_and(|d| equal(cfg.if_eq, cfg.if_col.collation, d, cfg.if_value.datum));
+    let have = get(&f, new, cfg.then_col.attnum);
+    let holds =
+        have.is_some_and(|d| equal(cfg.then_eq, cfg.then_col.collation, d, cfg.then_value.datum));
+    if !applies || holds {
+        return Ok(result(&f, new));
+    }
+    if cfg.reject {
+        raise(
+            Kind::CheckViolation,
+            TG_IMPLIES,
+            format!(
+                "row of table {} has {} = {} but {} = {}, not {} (trigger {:?})",
+                f.table(),
+                cfg.if_col.name,
+                literal(&cfg.if_value.text),
+                cfg.then_col.name,
+                have.map_or("NULL".to_string(), |d| literal(&output(
+                    cfg.then_col.typid,
+                    d
+                ))),
+                literal(&cfg.then_value.text),
+                f.name()
+            ),
+            format!(
+                "Set {} to {} when {} is {}.",
+                cfg.then_col.name,
+                literal(&cfg.then_value.text),
+                cfg.if_col.name,
+                literal(&cfg.if_value.text)
+            ),
+        );
+    }
+    let changes = vec![(cfg.then_col.clone(), Some(cfg.then_value.datum), have)];
+    Ok(result(&f, apply(&f, new, changes)))
+}
+
+// ---------------------------------------------------------------------------
+// tg_child_flag
+
+struct ChildConfig {
+    fk: Col,
+    deleted: Option<Col>,
+    lock: OwnedPreparedStatement,
+    recompute: OwnedPreparedStatement,
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW on the child table: the
+/// parent's `flag_col` (and `count_col`) follow whether (how many) child
+/// rows point at it; with `deleted_col`, only children whose `deleted_col`
+/// is NULL (or, for a boolean, not true) count.
+#[pg_trigger]
+fn tg_child_flag<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    let f = Fired {
+        td: trigger.trigger_data(),
+        func: TG_CHILD_FLAG,
+    };
+    let example = format!(
+        "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made', 'appointment_count')",
+        quote(&f.name()),
+        f.table()
+    );
+    if !f.is_after() || !f.is_row() || f.op() == pg_sys::TRIGGER_EVENT_TRUNCATE {
+        f.mistake(
+            Kind::TriggerProtocol,
+            "must be attached AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW".into(),
+            &f.remade("AFTER INSERT OR UPDATE OR DELETE"),
+        );
+    }
+    let cfg = config(&f, |f| child_config(f, &example));
+    // The parents the change touches: the old row's and the new row's.
+    let old = match f.op() {
+        pg_sys::TRIGGER_EVENT_INSERT => None,
+        _ => Some(f.td.tg_trigtuple),
+    };
+    let new = match f.op() {
+        pg_sys::TRIGGER_EVENT_DELETE => None,
+        pg_sys::TRIGGER_EVENT_UPDATE => Some(f.td.tg_newtuple),
+        _ => Some(f.td.tg_trigtuple),
+    };
+    let parent_of = |t: Option<pg_sys::HeapTuple>| t.and_then(|t| get(&f, t, cfg.fk.attnum));
+    let (old_parent, new_parent) = (parent_of(old), parent_of(new));
+    let mut parents = Vec::with_capacity(2);
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            // An update: only a move or a soft delete changes anything.
+            let same_parent = match (old_parent, new_parent) {
+                (Some(a), Some(b)) => fk_equal(&cfg.fk, a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            let same_deleted = cfg.deleted.as_ref().is_none_or(|d| {
+                match (get(&f, o, d.attnum), get(&f, n, d.attnum)) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => output(d.typid, a) == output(d.typid, b),
+                    _ => false,
+                }
+            });
+            if same_parent && same_deleted {
+                return Ok(None);
+            }
+            parents.extend(old_parent);
+            if !same_parent {
+                parents.extend(new_parent);
+            }
+        }
+        _ => parents.extend(old_parent.or(new_parent)),
+    }
+    with_pinned_search_path(|| {
+        Spi::connect_mut(|client| {
+            for p in parents {
+                // SAFETY: p is a value of the child's fk column type.
+                let arg = unsafe { DatumWithOid::new(p, cfg.fk.typid) };
+                // Lock the parent first, then count with a snapshot taken
+                // after the lock: a concurrent change to the same parent's
+                // children has committed by then and is counted.
+                client
+                    .update(&cfg.lock, None, std::slice::from_ref(&arg))
+                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+                client
+                    .update(&cfg.recompute, None, std::slice::from_ref(&arg))
+                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
+            }
+        })
+    });
+    Ok(None)
+}
+
+fn fk_equal(fk: &Col, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
+    // SAFETY: the type cache entry lives for the backend.
+    let eq = unsafe {
+        let t = pg_sys::lookup_type_cache(fk.typid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
+        if (*t).eq_opr == Oid::INVALID {
+            return output(fk.typid, a) == output(fk.typid, b);
+        }
+        &mut (*t).eq_opr_finfo as *mut pg_sys::FmgrInfo
+    };
+    equal(eq, fk.collation, a, b)
+}
+
+/// Resolve and check tg_child_flag's arguments and prepare its statements.
+fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
+    let args = f.args();
+    if !(4..=6).contains(&args.len()) {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "takes 4 to 6 arguments (parent_table, parent_key, child_fk, flag_col [, count_col [, deleted_col]]), got {}",
+                args.len()
+            ),
+            example,
+        );
+    }
+    let parent = parent_table(f, &args[0], example);
+    let key = column(f, parent, &args[1], 2, example);
+    let fk = column(f, f.relid(), &args[2], 3, example);
+    let flag = column(f, parent, &args[3], 4, example);
+    if flag.typid != pg_sys::BOOLOID {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "argument 4: column {:?} of {} must be boolean",
+                flag.name,
+                qualified(parent)
+            ),
+            example,
+        );
+    }
+    let count = args
+        .get(4)
+        .filter(|c| !c.is_empty())
+        .map(|c| column(f, parent, c, 5, example));
+    let deleted = args
+        .get(5)
+        .filter(|c| !c.is_empty())
+        .map(|c| column(f, f.relid(), c, 6, example));
+    let eq = "OPERATOR(pg_catalog.=)";
+    let (parent_sql, child_sql) = (qualified(parent), f.table());
+    let live = match &deleted {
+        None => String::new(),
+        Some(d) if d.typid == pg_sys::BOOLOID => format!(" AND c.{} IS NOT TRUE", quote(&d.name)),
+        Some(d) => format!(" AND c.{} IS NULL", quote(&d.name)),
+    };
+    let lock = format!(
+        "SELECT 1 FROM {parent_sql} p WHERE p.{} {eq} $1 FOR NO KEY UPDATE",
+        quote(&key.name)
+    );
+    let (q_flag, q_key, q_fk) = (quote(&flag.name), quote(&key.name), quote(&fk.name));
+    let recompute = match &count {
+        Some(c) => {
+            let q_count = quote(&c.name);
+            format!(
+                "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
+                 FROM (SELECT pg_catalog.count(*) AS n FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) t
+                 WHERE p.{q_key} {eq} $1
+                   AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
+                        OR p.{q_count} IS DISTINCT FROM t.n)"
+            )
+        }
+        None => format!(
+            "UPDATE {parent_sql} p SET {q_flag} = t.e
+             FROM (SELECT EXISTS (SELECT 1 FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) AS e) t
+             WHERE p.{q_key} {eq} $1 AND p.{q_flag} IS DISTINCT FROM t.e"
+        ),
+    };
+    let types = [pgrx::PgOid::from(fk.typid)];
+    let prepare = |sql: &str| -> OwnedPreparedStatement {
+        with_pinned_search_path(|| {
+            Spi::connect_mut(|client| {
+                let prepared = pgrx::PgTryBuilder::new(|| Ok(client.prepare_mut(sql, &types)))
+                    .catch_others(|e| match e {
+                        pg_sys::panic::CaughtError::PostgresError(r)
+                        | pg_sys::panic::CaughtError::ErrorReport(r)
+                        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                            Err(r.message().to_string())
+                        }
+                    })
+                    .execute();
+                match prepared {
+                    Ok(Ok(p)) => p.keep(),
+                    Ok(Err(e)) => crate::errors::bug(format!("tg_child_flag prepare: {e}")),
+                    Err(message) => f.mistake(
+                        Kind::InvalidParameter,
+                        format!(
+                            "parent key {:?} of {} and child column {:?} cannot be compared: {message}",
+                            key.name,
+                            qualified(parent),
+                            fk.name
+                        ),
+                        example,
+                    ),
+                }
+            })
+        })
+    };
+    ChildConfig {
+        lock: prepare(&lock),
+        recompute: prepare(&recompute),
+        fk,
+        deleted,
+    }
+}
+
+/// The parent table named by argument 1; unqualified, it is in the child
+/// table's schema.
+fn parent_table(f: &Fired<'_>, name: &str, example: &str) -> Oid {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: parses a possibly qualified name and looks it up without
+    // locking (the statements lock it when they run).
+    let oid = unsafe {
+        let names = pg_sys::stringToQualifiedNameList(c.as_ptr());
+        let rv = pg_sys::makeRangeVarFromNameList(names);
+        if (*rv).schemaname.is_null() {
+            (*rv).schemaname = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(f.relid()));
+        }
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    if oid == Oid::INVALID {
+        f.mistake(
+            Kind::UndefinedTable,
+            format!(
+                "argument 1 names table {name:?}, which does not exist (an unqualified name is looked up in the schema of {})",
+                f.table()
+            ),
+            example,
+        );
+    }
+    oid
+}
