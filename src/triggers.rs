@@ -1104,3 +1104,337 @@ fn parent_table(f: &Fired<'_>, name: &str, example: &str) -> Oid {
     }
     oid
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::sqlstate;
+    use pgrx::prelude::*;
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap()
+    }
+
+    fn text(sql: &str) -> String {
+        one::<String>(sql).unwrap_or_else(|| "NULL".into())
+    }
+
+    #[pg_test]
+    fn tg_default_fills_nulls_of_any_type_and_name() {
+        Spi::run(
+            r#"CREATE TYPE tgd_mood AS ENUM ('calm', 'busy');
+               CREATE TABLE tgd ("Row Id" int PRIMARY KEY, label text, mood tgd_mood, ok boolean,
+                                 n numeric(6,2), at timestamptz, day date, untouched text);
+               CREATE TRIGGER tgd_defaults BEFORE INSERT OR UPDATE ON tgd FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_default('label', 'none', 'mood', 'calm', 'ok', 'yes',
+                   'n', '12.5', 'at', '2026-01-02 03:04:05+00', 'day', '2026-02-03');
+               INSERT INTO tgd ("Row Id", untouched) VALUES (1, 'x');
+               INSERT INTO tgd VALUES (2, 'mine', 'busy', false, 1, '2020-01-01', '2020-01-01', NULL);"#,
+        )
+        .unwrap();
+        assert_eq!(
+            text(
+                r#"SELECT format('%s|%s|%s|%s|%s|%s|%s', label, mood, ok, n, at AT TIME ZONE 'UTC', day, untouched) FROM tgd WHERE "Row Id" = 1"#
+            ),
+            "none|calm|t|12.50|2026-01-02 03:04:05|2026-02-03|x"
+        );
+        assert_eq!(
+            text(
+                r#"SELECT format('%s|%s|%s|%s|%s', label, mood, ok, n, untouched) FROM tgd WHERE "Row Id" = 2"#
+            ),
+            "mine|busy|f|1.00|NULL".replace("NULL", "")
+        );
+        // Attached for UPDATE too: a NULL written later is filled again.
+        Spi::run(r#"UPDATE tgd SET label = NULL, untouched = 'y' WHERE "Row Id" = 2"#).unwrap();
+        assert_eq!(
+            text(r#"SELECT label || untouched FROM tgd WHERE "Row Id" = 2"#),
+            "noney"
+        );
+        // Filling a NULL is not a correction: nothing logged.
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM integrity.alerts WHERE details->>'table' = 'public.tgd'"
+            ),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn tg_link_status_follows_the_fk_and_logs_corrections() {
+        Spi::run(
+            "CREATE TABLE tgl (id bigint PRIMARY KEY, cust int, link text);
+             CREATE TRIGGER tgl_link BEFORE INSERT OR UPDATE ON tgl FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_link_status('cust', 'link', 'linked', 'unlinked');
+             INSERT INTO tgl VALUES (1, 7, NULL), (2, NULL, NULL), (3, 7, 'unlinked');",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT string_agg(link, ',' ORDER BY id) FROM tgl"),
+            "linked,unlinked,linked"
+        );
+        Spi::run("UPDATE tgl SET cust = NULL WHERE id = 1").unwrap();
+        assert_eq!(text("SELECT link FROM tgl WHERE id = 1"), "unlinked");
+        // Row 3 ('unlinked' with a customer) and row 1 (still 'linked' without
+        // one) were corrections; row 2's NULL was only filled.
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s %s %s>%s', subject, details->>'column', details->>'before', details->>'after'), '; ' ORDER BY id)
+                 FROM integrity.alerts WHERE details->>'table' = 'public.tgl' AND auto_corrected AND check_name = 'tg_link_status'"
+            ),
+            "public.tgl(id)=(3) link unlinked>linked; public.tgl(id)=(1) link linked>unlinked"
+        );
+        Spi::run(
+            "SET LOCAL integrity.log_corrections = off; UPDATE tgl SET link = 'x' WHERE id = 2",
+        )
+        .unwrap();
+        assert_eq!(text("SELECT link FROM tgl WHERE id = 2"), "unlinked");
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM integrity.alerts WHERE details->>'table' = 'public.tgl'"
+            ),
+            Some(2)
+        );
+    }
+
+    #[pg_test]
+    fn tg_implies_corrects_or_rejects() {
+        Spi::run(
+            "CREATE TABLE tgi (id int PRIMARY KEY, outcome text, made boolean, other int);
+             CREATE TRIGGER tgi_made BEFORE INSERT OR UPDATE ON tgi FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_implies('outcome', 'appointment_booked', 'made', 'true');
+             INSERT INTO tgi VALUES (1, 'appointment_booked', false, 5), (2, 'no_answer', false, 6),
+                                    (3, NULL, NULL, 7), (4, 'appointment_booked', NULL, 8);",
+        )
+        .unwrap();
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s:%s:%s', id, made, other), ',' ORDER BY id) FROM tgi"
+            ),
+            "1:t:5,2:f:6,3:NULL:7,4:t:8".replace("NULL", "")
+        );
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM integrity.alerts WHERE details->>'table' = 'public.tgi'"
+            ),
+            Some(1),
+            "only row 1's false was overwritten"
+        );
+        Spi::run(
+            "CREATE TABLE tgr (id int PRIMARY KEY, outcome text, made boolean);
+             CREATE TRIGGER tgr_made BEFORE INSERT OR UPDATE ON tgr FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_implies('outcome', 'appointment_booked', 'made', 'true', 'reject');
+             INSERT INTO tgr VALUES (1, 'appointment_booked', true), (2, 'other', false);",
+        )
+        .unwrap();
+        assert_eq!(
+            sqlstate("INSERT INTO tgr VALUES (3, 'appointment_booked', false)"),
+            "23514"
+        );
+        assert_eq!(
+            sqlstate("UPDATE tgr SET outcome = 'appointment_booked' WHERE id = 2"),
+            "23514"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM tgr"), Some(2));
+    }
+
+    #[pg_test]
+    fn tg_child_flag_follows_children_moves_and_soft_deletes() {
+        Spi::run(
+            "CREATE SCHEMA tgc;
+             CREATE TABLE public.parents (id int PRIMARY KEY, has boolean);
+             CREATE TABLE tgc.parents (id bigint PRIMARY KEY, has boolean NOT NULL DEFAULT false, n int NOT NULL DEFAULT 0, other text);
+             CREATE TABLE tgc.kids (id serial PRIMARY KEY, parent_id int, gone_at timestamptz);
+             CREATE TRIGGER kids_flag AFTER INSERT OR UPDATE OR DELETE ON tgc.kids FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_child_flag('parents', 'id', 'parent_id', 'has', 'n', 'gone_at');
+             INSERT INTO public.parents VALUES (1, NULL);
+             INSERT INTO tgc.parents (id, other) VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             INSERT INTO tgc.kids (parent_id) VALUES (1), (1), (2), (NULL);",
+        )
+        .unwrap();
+        let state = || {
+            text("SELECT string_agg(format('%s:%s:%s', id, has, n), ',' ORDER BY id) FROM tgc.parents")
+        };
+        assert_eq!(state(), "1:t:2,2:t:1,3:f:0");
+        // A move, a soft delete, a delete, an unrelated update.
+        Spi::run("UPDATE tgc.kids SET parent_id = 3 WHERE parent_id = 2").unwrap();
+        assert_eq!(state(), "1:t:2,2:f:0,3:t:1");
+        Spi::run("UPDATE tgc.kids SET gone_at = now() WHERE id = 1").unwrap();
+        assert_eq!(state(), "1:t:1,2:f:0,3:t:1");
+        Spi::run("DELETE FROM tgc.kids WHERE id = 2").unwrap();
+        assert_eq!(state(), "1:f:0,2:f:0,3:t:1");
+        Spi::run("UPDATE tgc.kids SET gone_at = NULL WHERE id = 1").unwrap();
+        assert_eq!(state(), "1:t:1,2:f:0,3:t:1");
+        // The same-named table in public was never touched, nor other columns.
+        assert_eq!(
+            text("SELECT coalesce(has::text, 'NULL') FROM public.parents"),
+            "NULL"
+        );
+        assert_eq!(
+            text("SELECT string_agg(other, '' ORDER BY id) FROM tgc.parents"),
+            "abc"
+        );
+        // Flag only, boolean soft delete, qualified parent.
+        Spi::run(
+            "CREATE TABLE tgc.pets (id serial PRIMARY KEY, owner int, archived boolean NOT NULL DEFAULT false);
+             CREATE TRIGGER pets_flag AFTER INSERT OR UPDATE OR DELETE ON tgc.pets FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_child_flag('tgc.parents', 'id', 'owner', 'has', '', 'archived');
+             UPDATE tgc.parents SET has = false, n = 0;
+             INSERT INTO tgc.pets (owner) VALUES (2);",
+        )
+        .unwrap();
+        assert_eq!(state(), "1:f:0,2:t:0,3:f:0");
+        Spi::run("UPDATE tgc.pets SET archived = true").unwrap();
+        assert_eq!(state(), "1:f:0,2:f:0,3:f:0");
+    }
+
+    #[pg_test]
+    fn trigger_mistakes_name_the_trigger_and_get_a_clear_sqlstate() {
+        Spi::run(
+            "CREATE TABLE tgm (id int PRIMARY KEY, n int, b boolean, t text);
+             CREATE TABLE tgm_kids (id int, m_id text);",
+        )
+        .unwrap();
+        let cases = [
+            (
+                "AFTER INSERT ON tgm FOR EACH ROW",
+                "tg_default('n', '1')",
+                "39P01",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH STATEMENT",
+                "tg_default('n', '1')",
+                "39P01",
+            ),
+            (
+                "BEFORE DELETE ON tgm FOR EACH ROW",
+                "tg_link_status('n', 't', 'a', 'b')",
+                "39P01",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'n', 'b')",
+                "39P01",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('nope', '1')",
+                "42703",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('n', 'abc')",
+                "22P02",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('n', '99999999999')",
+                "22003",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('n')",
+                "22023",
+            ),
+            ("BEFORE INSERT ON tgm FOR EACH ROW", "tg_default()", "22023"),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_link_status('n', 't', 'a')",
+                "22023",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_link_status('n', 'b', 'maybe', 'no')",
+                "22P02",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_implies('n', '1', 'b', 'true', 'sometimes')",
+                "22023",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_implies('n', '1', 'zz', 'true')",
+                "42703",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_implies('n', 'one', 'b', 'true')",
+                "22P02",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('nosuch', 'id', 'm_id', 'b')",
+                "42P01",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'm_id', 't')",
+                "22023",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'm_id', 'b')",
+                "22023",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'nope', 'id', 'b')",
+                "42703",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'id')",
+                "22023",
+            ),
+        ];
+        for (i, (when, call, want)) in cases.iter().enumerate() {
+            let table = if when.contains("tgm_kids") {
+                "tgm_kids"
+            } else {
+                "tgm"
+            };
+            Spi::run(&format!(
+                "CREATE TRIGGER m{i} {when} EXECUTE FUNCTION integrity.{call}"
+            ))
+            .unwrap();
+            let dml = if table == "tgm" {
+                if when.contains("DELETE") {
+                    "INSERT INTO tgm VALUES (1000, 1, true, 'x'); DELETE FROM tgm WHERE id = 1000"
+                        .to_string()
+                } else {
+                    format!("INSERT INTO tgm VALUES ({i}, 1, NULL, NULL)")
+                }
+            } else {
+                format!("INSERT INTO tgm_kids VALUES ({i}, '1')")
+            };
+            assert_eq!(sqlstate(&dml), *want, "{when} {call}");
+            Spi::run(&format!("DROP TRIGGER m{i} ON {table}")).unwrap();
+        }
+        // A NULL argument is the string 'null' (CREATE TRIGGER's rule).
+        Spi::run(
+            "CREATE TRIGGER n1 BEFORE INSERT ON tgm FOR EACH ROW EXECUTE FUNCTION integrity.tg_default('t', NULL)",
+        )
+        .unwrap();
+        Spi::run("INSERT INTO tgm (id) VALUES (500)").unwrap();
+        assert_eq!(text("SELECT t FROM tgm WHERE id = 500"), "null");
+    }
+
+    #[pg_test]
+    fn a_changed_table_is_validated_again() {
+        Spi::run(
+            "CREATE TABLE tgv (id int PRIMARY KEY, n int, s text);
+             CREATE TRIGGER tgv_d BEFORE INSERT ON tgv FOR EACH ROW EXECUTE FUNCTION integrity.tg_default('s', 'first');
+             INSERT INTO tgv (id) VALUES (1);
+             ALTER TABLE tgv DROP COLUMN s;
+             ALTER TABLE tgv ADD COLUMN x int, ADD COLUMN s text;
+             INSERT INTO tgv (id) VALUES (2);",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT format('%s %s', s, x) FROM tgv WHERE id = 2"),
+            "first "
+        );
+        Spi::run("ALTER TABLE tgv ALTER COLUMN s TYPE int USING NULL").unwrap();
+        assert_eq!(sqlstate("INSERT INTO tgv (id) VALUES (3)"), "22P02");
+    }
+}
