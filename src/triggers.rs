@@ -640,11 +640,13 @@ fn tg_default<'a>(
         td: trigger.trigger_data(),
         func: TG_DEFAULT,
     };
-    let example = format!(
+    let example = || {
+        format!(
         "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_default('direction', 'inbound')",
         quote(&f.name()),
         f.table()
-    );
+    )
+    };
     before_row(&f);
     let cfg = config(&f, |f| {
         let args = f.args();
@@ -655,7 +657,7 @@ fn tg_default<'a>(
                     "takes pairs of column and value, got {} arguments",
                     args.len()
                 ),
-                &example,
+                &example(),
             );
         }
         let mem = memory();
@@ -663,8 +665,8 @@ fn tg_default<'a>(
             .chunks(2)
             .enumerate()
             .map(|(i, pair)| {
-                let col = column(f, f.relid(), &pair[0], 2 * i + 1, &example);
-                let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example);
+                let col = column(f, f.relid(), &pair[0], 2 * i + 1, &example());
+                let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example());
                 (col, v)
             })
             .collect();
@@ -705,11 +707,13 @@ fn tg_link_status<'a>(
         td: trigger.trigger_data(),
         func: TG_LINK_STATUS,
     };
-    let example = format!(
+    let example = || {
+        format!(
         "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_link_status('customer_id', 'customer_link_status', 'linked', 'unlinked')",
         quote(&f.name()),
         f.table()
-    );
+    )
+    };
     before_row(&f);
     let cfg = config(&f, |f| {
         let args = f.args();
@@ -720,15 +724,15 @@ fn tg_link_status<'a>(
                     "takes 4 arguments (fk_col, status_col, linked_value, unlinked_value), got {}",
                     args.len()
                 ),
-                &example,
+                &example(),
             );
         }
         let mem = memory();
-        let fk = column(f, f.relid(), &args[0], 1, &example);
-        let status = column(f, f.relid(), &args[1], 2, &example);
-        let linked = value(f, &status, &args[2], 3, &mem, &example);
-        let unlinked = value(f, &status, &args[3], 4, &mem, &example);
-        let eq = equality(f, &status, &example);
+        let fk = column(f, f.relid(), &args[0], 1, &example());
+        let status = column(f, f.relid(), &args[1], 2, &example());
+        let linked = value(f, &status, &args[2], 3, &mem, &example());
+        let unlinked = value(f, &status, &args[3], 4, &mem, &example());
+        let eq = equality(f, &status, &example());
         LinkConfig {
             fk,
             status,
@@ -777,11 +781,13 @@ fn tg_implies<'a>(
         td: trigger.trigger_data(),
         func: TG_IMPLIES,
     };
-    let example = format!(
+    let example = || {
+        format!(
         "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_implies('session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct')",
         quote(&f.name()),
         f.table()
-    );
+    )
+    };
     before_row(&f);
     let cfg = config(&f, |f| {
         let args = f.args();
@@ -792,7 +798,7 @@ fn tg_implies<'a>(
                     "takes 4 or 5 arguments (if_col, if_value, then_col, then_value [, 'correct' | 'reject']), got {}",
                     args.len()
                 ),
-                &example,
+                &example(),
             );
         }
         let reject = match args.get(4).map(String::as_str) {
@@ -804,16 +810,16 @@ fn tg_implies<'a>(
                     "argument 5 must be 'correct' or 'reject', got {}",
                     literal(other)
                 ),
-                &example,
+                &example(),
             ),
         };
         let mem = memory();
-        let if_col = column(f, f.relid(), &args[0], 1, &example);
-        let if_value = value(f, &if_col, &args[1], 2, &mem, &example);
-        let then_col = column(f, f.relid(), &args[2], 3, &example);
-        let then_value = value(f, &then_col, &args[3], 4, &mem, &example);
-        let if_eq = equality(f, &if_col, &example);
-        let then_eq = equality(f, &then_col, &example);
+        let if_col = column(f, f.relid(), &args[0], 1, &example());
+        let if_value = value(f, &if_col, &args[1], 2, &mem, &example());
+        let then_col = column(f, f.relid(), &args[2], 3, &example());
+        let then_value = value(f, &then_col, &args[3], 4, &mem, &example());
+        let if_eq = equality(f, &if_col, &example());
+        let then_eq = equality(f, &then_col, &example());
         ImpliesConfig {
             if_col,
             if_value,
@@ -886,11 +892,13 @@ fn tg_child_flag<'a>(
         td: trigger.trigger_data(),
         func: TG_CHILD_FLAG,
     };
-    let example = format!(
+    let example = || {
+        format!(
         "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made', 'appointment_count')",
         quote(&f.name()),
         f.table()
-    );
+    )
+    };
     if !f.is_after() || !f.is_row() || f.op() == pg_sys::TRIGGER_EVENT_TRUNCATE {
         f.mistake(
             Kind::TriggerProtocol,
@@ -898,7 +906,7 @@ fn tg_child_flag<'a>(
             &f.remade("AFTER INSERT OR UPDATE OR DELETE"),
         );
     }
-    let cfg = config(&f, |f| child_config(f, &example));
+    let cfg = config(&f, |f| child_config(f, &example()));
     // The parents the change touches: the old row's and the new row's.
     let old = match f.op() {
         pg_sys::TRIGGER_EVENT_INSERT => None,
