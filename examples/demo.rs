@@ -1,5 +1,6 @@
-//! The booking demo: a throwaway cluster, `CREATE EXTENSION integrity`, and
-//! booking end to end, printed for a person to read.
+//! The demo: a throwaway cluster, `CREATE EXTENSION integrity`, booking end
+//! to end, then trigger functions keeping a call centre's own tables
+//! consistent, printed for a person to read.
 //!
 //!     cargo run --release --features client --example demo
 
@@ -288,5 +289,137 @@ fn main() {
     };
     println!("  bookings: {total} rows, {active} active, {events} audit events; overlapping active pairs: {overlaps}");
     assert_eq!(overlaps, 0);
-    println!("\ndemo finished: 0 overlaps. The throwaway cluster is stopped and removed.");
+
+    section("9. Trigger functions on the call centre's own tables");
+    c.batch_execute(
+        "CREATE TABLE calls (id bigserial PRIMARY KEY, direction text, customer_id int,
+             customer_link_status text, session_outcome text,
+             appointment_made boolean NOT NULL DEFAULT false, appointment_count int NOT NULL DEFAULT 0);
+         CREATE TABLE appointments (id bigserial PRIMARY KEY, call_id bigint REFERENCES calls,
+             cancelled_at timestamptz);
+         CREATE INDEX ON appointments (call_id);
+         CREATE TRIGGER calls_direction BEFORE INSERT ON calls FOR EACH ROW
+             EXECUTE FUNCTION integrity.tg_default('direction', 'inbound');
+         CREATE TRIGGER calls_link BEFORE INSERT OR UPDATE ON calls FOR EACH ROW
+             EXECUTE FUNCTION integrity.tg_link_status('customer_id', 'customer_link_status', 'linked', 'unlinked');
+         CREATE TRIGGER calls_booked BEFORE INSERT OR UPDATE ON calls FOR EACH ROW
+             EXECUTE FUNCTION integrity.tg_implies('session_outcome', 'appointment_booked', 'appointment_made', 'true');
+         CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments FOR EACH ROW
+             EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made',
+                                                      'appointment_count', 'cancelled_at');",
+    )
+    .unwrap();
+    println!("  calls(direction, customer_link_status, appointment_made, appointment_count) kept by 4 triggers");
+    // What application code got wrong, as it comes in: no direction, a
+    // status contradicting the customer, a booked outcome with made = false.
+    c.batch_execute(
+        "INSERT INTO calls (direction, customer_id, customer_link_status, session_outcome, appointment_made) VALUES
+           (NULL, 101, 'unlinked', NULL, false),
+           ('outbound', NULL, 'linked', NULL, false),
+           (NULL, 102, NULL, 'appointment_booked', false),
+           (NULL, NULL, NULL, 'no_answer', false)",
+    )
+    .unwrap();
+    // Eight agents book appointments for the same calls at once.
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let ci = cluster.conninfo();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&ci, common::NoTls).unwrap();
+                barrier.wait();
+                for j in 0..25 {
+                    let call = 1 + (i + j) % 3;
+                    c.batch_execute(&format!(
+                        "INSERT INTO appointments (call_id) VALUES ({call})"
+                    ))
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    println!("  8 agents inserted 200 appointments for calls 1–3 at once");
+    c.batch_execute(
+        "UPDATE appointments SET cancelled_at = now() WHERE call_id = 2;
+         UPDATE appointments SET call_id = 4 WHERE id = (SELECT min(id) FROM appointments WHERE call_id = 1);",
+    )
+    .unwrap();
+    println!("  cancelled every appointment of call 2; moved one of call 1 to call 4");
+    let rows = c
+        .query(
+            "SELECT id, direction, coalesce(customer_id::text, '-'), customer_link_status,
+                    coalesce(session_outcome, '-'), appointment_made, appointment_count
+             FROM calls ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    println!("  id | direction | customer | link status | outcome            | made  | count");
+    for r in &rows {
+        let (id, dir, cust, link, outcome, made, n): (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            bool,
+            i32,
+        ) = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        );
+        println!("  {id:>2} | {dir:<9} | {cust:<8} | {link:<11} | {outcome:<18} | {made:<5} | {n}");
+    }
+    let alerts = c
+        .query(
+            "SELECT check_name, subject, details->>'column', details->>'before', details->>'after'
+             FROM integrity.alerts WHERE auto_corrected ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    println!("  corrections logged to integrity.alerts:");
+    for r in &alerts {
+        let (f, subject, col, before, after): (String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!("    {f:<15} {subject:<22} {col}: {before} -> {after}");
+    }
+    let wrong: i64 = c
+        .query_one(
+            "SELECT count(*) FROM calls p
+             LEFT JOIN LATERAL (SELECT count(*) AS n FROM appointments a
+                                WHERE a.call_id = p.id AND a.cancelled_at IS NULL) t ON true
+             WHERE p.appointment_count <> t.n
+                OR p.appointment_made <> (t.n > 0 OR coalesce(p.session_outcome = 'appointment_booked', false))
+                OR p.customer_link_status <> CASE WHEN p.customer_id IS NULL THEN 'unlinked' ELSE 'linked' END
+                OR p.direction IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    println!("  calls breaking a rule, checked by SQL against the appointments: {wrong}");
+    let e = c
+        .batch_execute(
+            "CREATE TRIGGER oops AFTER INSERT ON calls FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_default('direction', 'inbound');
+             INSERT INTO calls (customer_id) VALUES (1)",
+        )
+        .unwrap_err();
+    if let Some(db) = e.as_db_error() {
+        println!(
+            "  a trigger attached wrongly: ERROR {}: {}",
+            db.code().code(),
+            db.message()
+        );
+        println!("  HINT: {}", db.hint().unwrap_or(""));
+    }
+    assert_eq!(wrong, 0);
+    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls. The throwaway cluster is stopped and removed.");
 }

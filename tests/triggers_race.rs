@@ -59,7 +59,10 @@ fn change(c: &mut postgres::Client, isolation: &str, rng: &mut impl Rng) -> usiz
         .collect();
     let mut retries = 0;
     loop {
-        let sql = format!("BEGIN ISOLATION LEVEL {isolation}; {}; COMMIT", ops.join("; "));
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL {isolation}; {}; COMMIT",
+            ops.join("; ")
+        );
         match c.batch_execute(&sql) {
             Ok(()) => return retries,
             Err(e) => {
@@ -89,9 +92,15 @@ fn concurrent_child_changes_leave_every_flag_and_count_true() {
             std::thread::spawn(move || {
                 let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
                 let mut rng = rand::thread_rng();
-                let isolation = if i % 4 == 0 { "REPEATABLE READ" } else { "READ COMMITTED" };
+                let isolation = if i % 4 == 0 {
+                    "REPEATABLE READ"
+                } else {
+                    "READ COMMITTED"
+                };
                 barrier.wait();
-                (0..OPS).map(|_| change(&mut c, isolation, &mut rng)).sum::<usize>()
+                (0..OPS)
+                    .map(|_| change(&mut c, isolation, &mut rng))
+                    .sum::<usize>()
             })
         })
         .collect();
@@ -121,8 +130,14 @@ fn concurrent_child_changes_leave_every_flag_and_count_true() {
         .query_one("SELECT sum(appointment_count)::int8 FROM calls", &[])
         .unwrap()
         .get(0);
-    println!("{total} appointments ({live} live) after {} changes, {retries} retried", CLIENTS * OPS);
-    assert!(total > 0 && live > 0, "the workload left appointments behind");
+    println!(
+        "{total} appointments ({live} live) after {} changes, {retries} retried",
+        CLIENTS * OPS
+    );
+    assert!(
+        total > 0 && live > 0,
+        "the workload left appointments behind"
+    );
     assert_eq!(wrong, 0, "calls whose flag or count is not the truth");
     assert_eq!(counted, live);
 }
