@@ -3,14 +3,16 @@
 # baseline measured in the same run:
 #   bash scripts/bench.sh               booking (bench/run.rs; env: see there)
 #   bash scripts/bench.sh idempotency   idempotency keys (bench/idempotency.rs)
+#   bash scripts/bench.sh triggers      trigger functions (bench/triggers.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 install_extension
-cargo build --quiet --release --features client --example bench --example bench_idempotency
+cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers
 case "${1:-booking}" in
   booking) shift || true; exec ./target/release/examples/bench "$@" ;;
   idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
+  triggers) shift; exec ./target/release/examples/bench_triggers "$@" ;;
   *) exec ./target/release/examples/bench "$@" ;;
 esac

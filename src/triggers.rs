@@ -530,7 +530,7 @@ fn log_correction(
         "after": after.map(|d| output(col.typid, d)),
     });
     let check = f.func.trim_start_matches("integrity.");
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             run(
                 client,
@@ -546,25 +546,32 @@ fn log_correction(
     });
 }
 
-/// Run `f` with `search_path = pg_catalog, pg_temp`, restored afterwards:
-/// the SQL a trigger function runs resolves names there, as a function
-/// declared with that SET would, but rows that need no SQL do not pay for
-/// setting it.
-fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+/// Run `f` with `search_path = pg_catalog, pg_temp` and
+/// `enable_seqscan = off`, restored afterwards. The SQL a trigger function
+/// runs resolves names there, as a function declared with that SET would,
+/// but rows that need no SQL do not pay for setting it. Its plans are kept
+/// for the session, and one made while a table was empty (just created or
+/// truncated) must not stay a sequential scan as the table grows.
+fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: the GUC nest level is the mechanism fmgr uses for a
     // function's SET clauses; an ERROR inside `f` unwinds it at abort.
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in [
+            (c"search_path", c"pg_catalog, pg_temp"),
+            (c"enable_seqscan", c"off"),
+        ] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let r = f();
@@ -899,10 +906,13 @@ fn tg_child_flag<'a>(
         f.table()
     )
     };
+    if f.is_after() && !f.is_row() && f.op() != pg_sys::TRIGGER_EVENT_TRUNCATE {
+        return Ok(set_based(&f));
+    }
     if !f.is_after() || !f.is_row() || f.op() == pg_sys::TRIGGER_EVENT_TRUNCATE {
         f.mistake(
             Kind::TriggerProtocol,
-            "must be attached AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW".into(),
+            "must be attached AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW (or per statement with transition tables: integrity.attach_child_flag)".into(),
             &f.remade("AFTER INSERT OR UPDATE OR DELETE"),
         );
     }
@@ -945,7 +955,7 @@ fn tg_child_flag<'a>(
         }
         _ => parents.extend(old_parent.or(new_parent)),
     }
-    with_pinned_search_path(|| {
+    with_pinned_settings(|| {
         Spi::connect_mut(|client| {
             for p in parents {
                 // SAFETY: p is a value of the child's fk column type.
@@ -965,6 +975,149 @@ fn tg_child_flag<'a>(
     Ok(None)
 }
 
+/// The set-based path: tg_child_flag attached FOR EACH STATEMENT with
+/// transition tables (one trigger per event; `attach_child_flag` makes
+/// them). The parents of all rows the statement changed are locked in key
+/// order, then recounted by one UPDATE with a snapshot taken after the
+/// locks: a COPY of many children costs two statements, not two per row.
+fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> {
+    let t = f.trigger();
+    let name = |p: *mut std::ffi::c_char| {
+        // SAFETY: a transition table's name, NUL-terminated, or NULL.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    let (old, new) = (name(t.tgoldtable), name(t.tgnewtable));
+    let complete = match f.op() {
+        pg_sys::TRIGGER_EVENT_INSERT => new.is_some(),
+        pg_sys::TRIGGER_EVENT_DELETE => old.is_some(),
+        _ => old.is_some() && new.is_some(),
+    };
+    if !complete {
+        f.mistake(
+            Kind::TriggerProtocol,
+            "attached FOR EACH STATEMENT, it needs the event's transition tables (REFERENCING OLD TABLE / NEW TABLE)".into(),
+            "SELECT integrity.attach_child_flag('appointments', 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count')",
+        );
+    }
+    let sql = config(f, |f| {
+        let example = "SELECT integrity.attach_child_flag('appointments', 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count')";
+        let a = child_args(f, example);
+        let (q_key, q_fk, q_flag) = (quote(&a.key.name), quote(&a.fk.name), quote(&a.flag.name));
+        let (parent_sql, child_sql, live) = (qualified(a.parent), f.table(), a.live.clone());
+        let keys = [old.as_deref(), new.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|tt| format!("SELECT r.{q_fk} FROM {} r", quote(tt)))
+            .collect::<Vec<_>>()
+            .join(" UNION ");
+        let eq = "OPERATOR(pg_catalog.=)";
+        let lock = format!(
+            "SELECT 1 FROM {parent_sql} p
+             WHERE p.{q_key} IN (SELECT k FROM ({keys}) k(k) WHERE k IS NOT NULL)
+             ORDER BY p.{q_key} FOR NO KEY UPDATE OF p"
+        );
+        let recount = match &a.count {
+            Some(c) => {
+                let q_count = quote(&c.name);
+                format!(
+                    "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
+                     FROM (SELECT k.k, (SELECT pg_catalog.count(*) FROM {child_sql} c
+                                        WHERE c.{q_fk} {eq} k.k{live}) AS n
+                           FROM (SELECT DISTINCT k FROM ({keys}) k(k) WHERE k IS NOT NULL) k) t
+                     WHERE p.{q_key} {eq} t.k
+                       AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
+                            OR p.{q_count} IS DISTINCT FROM t.n)"
+                )
+            }
+            None => format!(
+                "UPDATE {parent_sql} p SET {q_flag} = t.e
+                 FROM (SELECT k.k, EXISTS (SELECT 1 FROM {child_sql} c
+                                           WHERE c.{q_fk} {eq} k.k{live}) AS e
+                       FROM (SELECT DISTINCT k FROM ({keys}) k(k) WHERE k IS NOT NULL) k) t
+                 WHERE p.{q_key} {eq} t.k AND p.{q_flag} IS DISTINCT FROM t.e"
+            ),
+        };
+        (lock, recount)
+    });
+    with_pinned_settings(|| {
+        Spi::connect_mut(|client| {
+            // SAFETY: registers this trigger's transition tables with the
+            // SPI connection just opened, under their REFERENCING names.
+            unsafe { pg_sys::SPI_register_trigger_data(f.td as *const _ as *mut _) };
+            client
+                .update(sql.0.as_str(), None, &[])
+                .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+            client
+                .update(sql.1.as_str(), None, &[])
+                .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
+        })
+    });
+    None
+}
+
+/// Attach tg_child_flag's set-based form to `child`: three AFTER ...
+/// FOR EACH STATEMENT triggers (INSERT, UPDATE, DELETE) with transition
+/// tables, as Postgres allows transition tables only on single-event
+/// triggers. Returns the triggers' names.
+#[pg_extern(volatile, parallel_unsafe, name = "attach_child_flag_by_oid")]
+#[search_path(pg_catalog, pg_temp)]
+fn attach_child_flag(
+    child: Option<pg_sys::Oid>,
+    parent_table: Option<&str>,
+    parent_key: Option<&str>,
+    child_fk: Option<&str>,
+    flag_col: Option<&str>,
+    count_col: default!(Option<&str>, "''"),
+    deleted_col: default!(Option<&str>, "''"),
+) -> Vec<String> {
+    const F: &str = "integrity.attach_child_flag";
+    let child = crate::errors::required(child, F, "child");
+    let args = [
+        crate::errors::required(parent_table, F, "parent_table"),
+        crate::errors::required(parent_key, F, "parent_key"),
+        crate::errors::required(child_fk, F, "child_fk"),
+        crate::errors::required(flag_col, F, "flag_col"),
+        crate::errors::required(count_col, F, "count_col"),
+        crate::errors::required(deleted_col, F, "deleted_col"),
+    ];
+    if args[..4].iter().any(|a| a.is_empty()) {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            "parent_table, parent_key, child_fk and flag_col must not be empty",
+            "Name the parent table, its key, the child's column pointing at it and the parent's boolean flag.",
+        );
+    }
+    let table = qualified(child);
+    let list = args
+        .iter()
+        .map(|a| literal(a))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let base = format!("integrity_{}", args[3]);
+    let events = [
+        ("insert", "INSERT", "REFERENCING NEW TABLE AS integrity_new"),
+        (
+            "update",
+            "UPDATE",
+            "REFERENCING OLD TABLE AS integrity_old NEW TABLE AS integrity_new",
+        ),
+        ("delete", "DELETE", "REFERENCING OLD TABLE AS integrity_old"),
+    ];
+    let mut names = Vec::new();
+    for (suffix, event, referencing) in events {
+        let name = format!("{base}_on_{suffix}");
+        Spi::run(&format!(
+            "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}
+             FOR EACH STATEMENT EXECUTE FUNCTION integrity.tg_child_flag({list})",
+            quote(&name)
+        ))
+        .unwrap_or_else(|e| crate::errors::bug(format!("{F}: {e}")));
+        names.push(name);
+    }
+    names
+}
+
 fn fk_equal(fk: &Col, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
     // SAFETY: the type cache entry lives for the backend.
     let eq = unsafe {
@@ -978,7 +1131,19 @@ fn fk_equal(fk: &Col, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
 }
 
 /// Resolve and check tg_child_flag's arguments and prepare its statements.
-fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
+/// tg_child_flag's arguments, resolved and checked.
+struct ChildArgs {
+    parent: Oid,
+    key: Col,
+    fk: Col,
+    flag: Col,
+    count: Option<Col>,
+    deleted: Option<Col>,
+    /// `AND c.<deleted_col> IS NULL` (or `IS NOT TRUE`), or empty.
+    live: String,
+}
+
+fn child_args(f: &Fired<'_>, example: &str) -> ChildArgs {
     let args = f.args();
     if !(4..=6).contains(&args.len()) {
         f.mistake(
@@ -1013,13 +1178,34 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         .get(5)
         .filter(|c| !c.is_empty())
         .map(|c| column(f, f.relid(), c, 6, example));
-    let eq = "OPERATOR(pg_catalog.=)";
-    let (parent_sql, child_sql) = (qualified(parent), f.table());
     let live = match &deleted {
         None => String::new(),
         Some(d) if d.typid == pg_sys::BOOLOID => format!(" AND c.{} IS NOT TRUE", quote(&d.name)),
         Some(d) => format!(" AND c.{} IS NULL", quote(&d.name)),
     };
+    ChildArgs {
+        parent,
+        key,
+        fk,
+        flag,
+        count,
+        deleted,
+        live,
+    }
+}
+
+fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
+    let ChildArgs {
+        parent,
+        key,
+        fk,
+        flag,
+        count,
+        deleted,
+        live,
+    } = child_args(f, example);
+    let eq = "OPERATOR(pg_catalog.=)";
+    let (parent_sql, child_sql) = (qualified(parent), f.table());
     let lock = format!(
         "SELECT 1 FROM {parent_sql} p WHERE p.{} {eq} $1 FOR NO KEY UPDATE",
         quote(&key.name)
@@ -1044,7 +1230,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     };
     let types = [pgrx::PgOid::from(fk.typid)];
     let prepare = |sql: &str| -> OwnedPreparedStatement {
-        with_pinned_search_path(|| {
+        with_pinned_settings(|| {
             Spi::connect_mut(|client| {
                 let prepared = pgrx::PgTryBuilder::new(|| Ok(client.prepare_mut(sql, &types)))
                     .catch_others(|e| match e {
@@ -1293,6 +1479,63 @@ mod tests {
         assert_eq!(state(), "1:f:0,2:t:0,3:f:0");
         Spi::run("UPDATE tgc.pets SET archived = true").unwrap();
         assert_eq!(state(), "1:f:0,2:f:0,3:f:0");
+    }
+
+    #[pg_test]
+    fn attach_child_flag_recounts_each_parent_once_per_statement() {
+        Spi::run(
+            "CREATE TABLE tgs_p (id bigint PRIMARY KEY, has boolean, n int);
+             CREATE TABLE tgs_k (id serial PRIMARY KEY, p_id bigint, gone boolean NOT NULL DEFAULT false);
+             CREATE INDEX ON tgs_k (p_id);
+             INSERT INTO tgs_p SELECT g, false, 0 FROM generate_series(1, 50) g;",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT array_to_string(integrity.attach_child_flag('tgs_k', 'tgs_p', 'id', 'p_id', 'has', 'n', 'gone'), ',')"),
+            "integrity_has_on_insert,integrity_has_on_update,integrity_has_on_delete"
+        );
+        let wrong = || {
+            one::<i64>(
+                "SELECT count(*) FROM tgs_p p
+                 WHERE p.n IS DISTINCT FROM (SELECT count(*) FROM tgs_k k WHERE k.p_id = p.id AND NOT k.gone)
+                    OR p.has IS DISTINCT FROM (p.n > 0)",
+            )
+        };
+        Spi::run("INSERT INTO tgs_k (p_id) SELECT 1 + g % 40 FROM generate_series(1, 4000) g")
+            .unwrap();
+        assert_eq!(wrong(), Some(0));
+        assert_eq!(one::<i64>("SELECT count(*) FROM tgs_p WHERE has"), Some(40));
+        Spi::run(
+            "UPDATE tgs_k SET p_id = 45 WHERE p_id = 1;
+             UPDATE tgs_k SET gone = true WHERE p_id = 2;
+             DELETE FROM tgs_k WHERE p_id = 3;
+             UPDATE tgs_k SET p_id = NULL WHERE p_id = 4;",
+        )
+        .unwrap();
+        assert_eq!(wrong(), Some(0));
+        assert_eq!(text("SELECT string_agg(format('%s:%s:%s', id, has, n), ',' ORDER BY id) FROM tgs_p WHERE id IN (1, 2, 3, 4, 45)"),
+                   "1:f:0,2:f:0,3:f:0,4:f:0,45:t:100");
+        // Statement-level without transition tables, or with NULL arguments.
+        Spi::run(
+            "CREATE TRIGGER tgs_bad AFTER INSERT ON tgs_k FOR EACH STATEMENT
+               EXECUTE FUNCTION integrity.tg_child_flag('tgs_p', 'id', 'p_id', 'has')",
+        )
+        .unwrap();
+        assert_eq!(sqlstate("INSERT INTO tgs_k (p_id) VALUES (5)"), "39P01");
+        assert_eq!(
+            sqlstate("SELECT integrity.attach_child_flag('tgs_k', NULL, 'id', 'p_id', 'has')"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT integrity.attach_child_flag('tgs_k', '', 'id', 'p_id', 'has')"),
+            "22023"
+        );
+        assert_eq!(
+            sqlstate(
+                "SELECT integrity.attach_child_flag('no_such_table', 'tgs_p', 'id', 'p_id', 'has')"
+            ),
+            "42P01"
+        );
     }
 
     #[pg_test]

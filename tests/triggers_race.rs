@@ -1,8 +1,10 @@
 //! `tg_child_flag` from real clients: 16 connections insert, delete, move
 //! and soft-delete appointments of the same few calls at once, under READ
 //! COMMITTED and REPEATABLE READ (retrying 40001 and 40P01 as an
-//! application would). Afterwards every call's `appointment_made` and
-//! `appointment_count` equal the truth computed by SQL.
+//! application would), on two pairs of tables: one with the row-level
+//! trigger, one with the set-based form (`attach_child_flag`). Afterwards
+//! every call's `appointment_made` and `appointment_count` equal the truth
+//! computed by SQL.
 
 mod common;
 
@@ -13,46 +15,55 @@ use std::sync::{Arc, Barrier};
 const CLIENTS: usize = 16;
 const OPS: usize = 150;
 const CALLS: i64 = 6;
+/// (calls, appointments): row-level trigger, then set-based.
+const PAIRS: [(&str, &str); 2] = [("calls", "appointments"), ("calls_s", "appointments_s")];
 
 fn setup(cluster: &Cluster) {
-    cluster
-        .connect()
-        .batch_execute(&format!(
-            "CREATE TABLE calls (id bigint PRIMARY KEY, direction text, customer_id int,
+    let mut c = cluster.connect();
+    for (calls, appts) in PAIRS {
+        c.batch_execute(&format!(
+            "CREATE TABLE {calls} (id bigint PRIMARY KEY, direction text, customer_id int,
                  customer_link_status text, session_outcome text,
                  appointment_made boolean NOT NULL DEFAULT false,
                  appointment_count int NOT NULL DEFAULT 0);
-             CREATE TABLE appointments (id serial PRIMARY KEY, call_id bigint REFERENCES calls,
+             CREATE TABLE {appts} (id serial PRIMARY KEY, call_id bigint REFERENCES {calls},
                  cancelled_at timestamptz);
-             CREATE INDEX ON appointments (call_id);
-             CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments
-               FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag(
-                 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count', 'cancelled_at');
-             INSERT INTO calls (id) SELECT g FROM generate_series(1, {CALLS}) g;"
+             CREATE INDEX ON {appts} (call_id);
+             INSERT INTO {calls} (id) SELECT g FROM generate_series(1, {CALLS}) g;"
         ))
         .unwrap();
+    }
+    c.batch_execute(
+        "CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments
+           FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag(
+             'calls', 'id', 'call_id', 'appointment_made', 'appointment_count', 'cancelled_at');
+         SELECT integrity.attach_child_flag('appointments_s', 'calls_s', 'id', 'call_id',
+             'appointment_made', 'appointment_count', 'cancelled_at');",
+    )
+    .unwrap();
 }
 
-/// One random change (or two, in one transaction), retried on a
-/// serialization failure or deadlock.
+/// One random change (or two, in one transaction) to one pair's
+/// appointments, retried on a serialization failure or deadlock.
 fn change(c: &mut postgres::Client, isolation: &str, rng: &mut impl Rng) -> usize {
+    let a = PAIRS[rng.gen_range(0..PAIRS.len())].1;
     let ops: Vec<String> = (0..rng.gen_range(1..=2))
         .map(|_| {
             let call = rng.gen_range(1..=CALLS);
             let other = rng.gen_range(1..=CALLS);
             match rng.gen_range(0..6) {
-                0 | 1 => format!("INSERT INTO appointments (call_id) VALUES ({call})"),
+                0 | 1 => format!("INSERT INTO {a} (call_id) VALUES ({call}), ({other})"),
                 2 => format!(
-                    "DELETE FROM appointments WHERE id = (SELECT min(id) FROM appointments WHERE call_id = {call})"
+                    "DELETE FROM {a} WHERE id = (SELECT min(id) FROM {a} WHERE call_id = {call})"
                 ),
                 3 => format!(
-                    "UPDATE appointments SET call_id = {other} WHERE id = (SELECT max(id) FROM appointments WHERE call_id = {call})"
+                    "UPDATE {a} SET call_id = {other} WHERE id = (SELECT max(id) FROM {a} WHERE call_id = {call})"
                 ),
                 4 => format!(
-                    "UPDATE appointments SET cancelled_at = now() WHERE id = (SELECT min(id) FROM appointments WHERE call_id = {call} AND cancelled_at IS NULL)"
+                    "UPDATE {a} SET cancelled_at = now() WHERE id = (SELECT min(id) FROM {a} WHERE call_id = {call} AND cancelled_at IS NULL)"
                 ),
                 _ => format!(
-                    "UPDATE appointments SET cancelled_at = NULL WHERE id = (SELECT max(id) FROM appointments WHERE call_id = {call} AND cancelled_at IS NOT NULL)"
+                    "UPDATE {a} SET cancelled_at = NULL WHERE id = (SELECT max(id) FROM {a} WHERE call_id = {call} AND cancelled_at IS NOT NULL)"
                 ),
             }
         })
@@ -105,39 +116,36 @@ fn concurrent_child_changes_leave_every_flag_and_count_true() {
         })
         .collect();
     let retries: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    println!("{} changes, {retries} retried", CLIENTS * OPS);
     let mut c = cluster.connect();
-    let wrong: i64 = c
-        .query_one(
-            "SELECT count(*) FROM calls p
-             LEFT JOIN LATERAL (SELECT count(*) AS n FROM appointments a
-                                WHERE a.call_id = p.id AND a.cancelled_at IS NULL) t ON true
-             WHERE p.appointment_made IS DISTINCT FROM (t.n > 0)
-                OR p.appointment_count IS DISTINCT FROM t.n",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    let (live, total): (i64, i64) = {
+    for (calls, appts) in PAIRS {
+        let wrong: i64 = c
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {calls} p
+                     LEFT JOIN LATERAL (SELECT count(*) AS n FROM {appts} a
+                                        WHERE a.call_id = p.id AND a.cancelled_at IS NULL) t ON true
+                     WHERE p.appointment_made IS DISTINCT FROM (t.n > 0)
+                        OR p.appointment_count IS DISTINCT FROM t.n"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
         let r = c
             .query_one(
-                "SELECT count(*) FILTER (WHERE cancelled_at IS NULL), count(*) FROM appointments",
+                &format!(
+                    "SELECT count(*) FILTER (WHERE cancelled_at IS NULL), count(*),
+                            (SELECT sum(appointment_count)::int8 FROM {calls})
+                     FROM {appts}"
+                ),
                 &[],
             )
             .unwrap();
-        (r.get(0), r.get(1))
-    };
-    let counted: i64 = c
-        .query_one("SELECT sum(appointment_count)::int8 FROM calls", &[])
-        .unwrap()
-        .get(0);
-    println!(
-        "{total} appointments ({live} live) after {} changes, {retries} retried",
-        CLIENTS * OPS
-    );
-    assert!(
-        total > 0 && live > 0,
-        "the workload left appointments behind"
-    );
-    assert_eq!(wrong, 0, "calls whose flag or count is not the truth");
-    assert_eq!(counted, live);
+        let (live, total, counted): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        println!("{appts}: {total} rows, {live} live, counted by the calls {counted}, wrong calls {wrong}");
+        assert!(total > 0 && live > 0, "the workload left {appts} behind");
+        assert_eq!(wrong, 0, "{calls} whose flag or count is not the truth");
+        assert_eq!(counted, live);
+    }
 }
