@@ -12,6 +12,7 @@ use pgrx::pg_sys::{self, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
 /// A statement with the types of its `$n` parameters.
@@ -85,24 +86,32 @@ pub fn run<'conn>(
 /// the connection, and the overlap checks would slow down as the table
 /// grows. Index access is always right for them.
 pub fn with_index_scans<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(&[(c"enable_seqscan", c"off")], f)
+}
+
+/// Run `f` with each (setting, value) in `settings`, restored afterwards,
+/// as a function's SET clauses would be set, but only around `f`.
+pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
     // SAFETY: the GUC nest level is the mechanism fmgr uses for a
     // function's SET clauses; an ERROR inside `f` unwinds it at abort.
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"enable_seqscan".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let r = f();
-    // SAFETY: closes the nest level opened above, restoring the setting.
+    // SAFETY: closes the nest level opened above, restoring the settings.
     unsafe { pg_sys::AtEOXact_GUC(true, level) };
     r
 }

@@ -63,7 +63,25 @@ struct Fired<'a> {
     func: &'static str,
 }
 
-impl Fired<'_> {
+impl<'a> Fired<'a> {
+    fn new(trigger: &'a pgrx::PgTrigger<'a>, func: &'static str) -> Fired<'a> {
+        Fired {
+            td: trigger.trigger_data(),
+            func,
+        }
+    }
+
+    /// A correct `CREATE TRIGGER` for this trigger: `timing` (e.g. `BEFORE
+    /// INSERT`), FOR EACH ROW, calling our function with `args`.
+    fn example(&self, timing: &str, args: &str) -> String {
+        format!(
+            "CREATE TRIGGER {} {timing} ON {} FOR EACH ROW EXECUTE FUNCTION {}({args})",
+            quote(&self.name()),
+            self.table(),
+            self.func
+        )
+    }
+
     fn trigger(&self) -> &pg_sys::Trigger {
         // SAFETY: tg_trigger is set for every trigger call.
         unsafe { &*self.td.tg_trigger }
@@ -553,31 +571,13 @@ fn log_correction(
 /// for the session, and one made while a table was empty (just created or
 /// truncated) must not stay a sequential scan as the table grows.
 fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: the GUC nest level is the mechanism fmgr uses for a
-    // function's SET clauses; an ERROR inside `f` unwinds it at abort.
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        for (name, value) in [
+    crate::plans::with_settings(
+        &[
             (c"search_path", c"pg_catalog, pg_temp"),
             (c"enable_seqscan", c"off"),
-        ] {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        level
-    };
-    let r = f();
-    // SAFETY: closes the nest level opened above, restoring the setting.
-    unsafe { pg_sys::AtEOXact_GUC(true, level) };
-    r
+        ],
+        f,
+    )
 }
 
 impl Fired<'_> {
@@ -585,13 +585,7 @@ impl Fired<'_> {
     /// INSERT OR UPDATE`), FOR EACH ROW, with its own arguments.
     fn remade(&self, timing: &str) -> String {
         let args: Vec<String> = self.args().iter().map(|a| literal(a)).collect();
-        format!(
-            "CREATE TRIGGER {} {timing} ON {} FOR EACH ROW EXECUTE FUNCTION {}({})",
-            quote(&self.name()),
-            self.table(),
-            self.func,
-            args.join(", ")
-        )
+        self.example(timing, &args.join(", "))
     }
 }
 
@@ -643,17 +637,8 @@ struct DefaultConfig {
 fn tg_default<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired {
-        td: trigger.trigger_data(),
-        func: TG_DEFAULT,
-    };
-    let example = || {
-        format!(
-        "CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_default('direction', 'inbound')",
-        quote(&f.name()),
-        f.table()
-    )
-    };
+    let f = Fired::new(trigger, TG_DEFAULT);
+    let example = || f.example("BEFORE INSERT", "'direction', 'inbound'");
     before_row(&f);
     let cfg = config(&f, |f| {
         let args = f.args();
@@ -710,16 +695,12 @@ struct LinkConfig {
 fn tg_link_status<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired {
-        td: trigger.trigger_data(),
-        func: TG_LINK_STATUS,
-    };
+    let f = Fired::new(trigger, TG_LINK_STATUS);
     let example = || {
-        format!(
-        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_link_status('customer_id', 'customer_link_status', 'linked', 'unlinked')",
-        quote(&f.name()),
-        f.table()
-    )
+        f.example(
+            "BEFORE INSERT OR UPDATE",
+            "'customer_id', 'customer_link_status', 'linked', 'unlinked'",
+        )
     };
     before_row(&f);
     let cfg = config(&f, |f| {
@@ -784,16 +765,12 @@ struct ImpliesConfig {
 fn tg_implies<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired {
-        td: trigger.trigger_data(),
-        func: TG_IMPLIES,
-    };
+    let f = Fired::new(trigger, TG_IMPLIES);
     let example = || {
-        format!(
-        "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_implies('session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct')",
-        quote(&f.name()),
-        f.table()
-    )
+        f.example(
+            "BEFORE INSERT OR UPDATE",
+            "'session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct'",
+        )
     };
     before_row(&f);
     let cfg = config(&f, |f| {
@@ -895,16 +872,12 @@ struct ChildConfig {
 fn tg_child_flag<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired {
-        td: trigger.trigger_data(),
-        func: TG_CHILD_FLAG,
-    };
+    let f = Fired::new(trigger, TG_CHILD_FLAG);
     let example = || {
-        format!(
-        "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made', 'appointment_count')",
-        quote(&f.name()),
-        f.table()
-    )
+        f.example(
+            "AFTER INSERT OR UPDATE OR DELETE",
+            "'calls', 'id', 'call_id', 'appointment_made', 'appointment_count'",
+        )
     };
     if f.is_after() && !f.is_row() && f.op() != pg_sys::TRIGGER_EVENT_TRUNCATE {
         return Ok(set_based(&f));
