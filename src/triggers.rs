@@ -28,7 +28,6 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
@@ -224,7 +223,8 @@ struct Entry {
 }
 
 thread_local! {
-    static CONFIGS: RefCell<HashMap<Oid, Entry>> = RefCell::new(HashMap::new());
+    // Looked up on every row: FxHash, not SipHash, for a u32 key.
+    static CONFIGS: RefCell<rustc_hash::FxHashMap<Oid, Entry>> = RefCell::new(rustc_hash::FxHashMap::default());
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -462,30 +462,31 @@ fn get(f: &Fired<'_>, tuple: pg_sys::HeapTuple, attnum: i16) -> Option<pg_sys::D
     (!null).then_some(d)
 }
 
-/// Changes to make to NEW: (column, new value or NULL, old value).
-type Changes = Vec<(Col, Option<pg_sys::Datum>, Option<pg_sys::Datum>)>;
+/// Changes to make to NEW: (column, new value or NULL, old value), on the
+/// stack for the usual few.
+type Changes<'c> = smallvec::SmallVec<[(&'c Col, Option<pg_sys::Datum>, Option<pg_sys::Datum>); 8]>;
 
 /// NEW with `changes` made, each correction (a non-NULL value overwritten)
 /// logged; `None` when nothing changes.
-fn apply(f: &Fired<'_>, tuple: pg_sys::HeapTuple, changes: Changes) -> pg_sys::HeapTuple {
+fn apply(f: &Fired<'_>, tuple: pg_sys::HeapTuple, changes: Changes<'_>) -> pg_sys::HeapTuple {
     if changes.is_empty() {
         return tuple;
     }
-    let corrections: Vec<_> = changes
-        .iter()
-        .filter(|(_, _, before)| before.is_some())
-        .collect();
-    if !corrections.is_empty() && gucs::log_corrections() {
-        for (col, after, before) in corrections {
-            log_correction(f, tuple, col, *before, *after);
+    if gucs::log_corrections() {
+        for (col, after, before) in &changes {
+            if before.is_some() {
+                log_correction(f, tuple, col, *before, *after);
+            }
         }
     }
-    let cols: Vec<i32> = changes.iter().map(|(c, _, _)| c.attnum as i32).collect();
-    let mut values: Vec<pg_sys::Datum> = changes
+    let mut cols: smallvec::SmallVec<[i32; 8]> =
+        changes.iter().map(|(c, _, _)| c.attnum as i32).collect();
+    let mut values: smallvec::SmallVec<[pg_sys::Datum; 8]> = changes
         .iter()
         .map(|(_, v, _)| v.unwrap_or(pg_sys::Datum::from(0)))
         .collect();
-    let mut nulls: Vec<bool> = changes.iter().map(|(_, v, _)| v.is_none()).collect();
+    let mut nulls: smallvec::SmallVec<[bool; 8]> =
+        changes.iter().map(|(_, v, _)| v.is_none()).collect();
     // SAFETY: a new tuple from NEW with the listed columns replaced; the
     // executor takes it as the row to store.
     unsafe {
@@ -493,7 +494,7 @@ fn apply(f: &Fired<'_>, tuple: pg_sys::HeapTuple, changes: Changes) -> pg_sys::H
             tuple,
             (*f.rel()).rd_att,
             cols.len() as i32,
-            cols.as_ptr().cast_mut(),
+            cols.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
         )
@@ -672,7 +673,7 @@ fn tg_default<'a>(
         .pairs
         .iter()
         .filter(|(col, _)| get(&f, new, col.attnum).is_none())
-        .map(|(col, v)| (col.clone(), Some(v.datum), None))
+        .map(|(col, v)| (col, Some(v.datum), None))
         .collect();
     Ok(result(&f, apply(&f, new, changes)))
 }
@@ -737,9 +738,9 @@ fn tg_link_status<'a>(
         &cfg.unlinked
     };
     let have = get(&f, new, cfg.status.attnum);
-    let changes = match have {
-        Some(d) if equal(cfg.eq, cfg.status.collation, d, want.datum) => Vec::new(),
-        _ => vec![(cfg.status.clone(), Some(want.datum), have)],
+    let changes: Changes<'_> = match have {
+        Some(d) if equal(cfg.eq, cfg.status.collation, d, want.datum) => Changes::new(),
+        _ => smallvec::smallvec![(&cfg.status, Some(want.datum), have)],
     };
     Ok(result(&f, apply(&f, new, changes)))
 }
@@ -850,7 +851,8 @@ fn tg_implies<'a>(
             ),
         );
     }
-    let changes = vec![(cfg.then_col.clone(), Some(cfg.then_value.datum), have)];
+    let changes: Changes<'_> =
+        smallvec::smallvec![(&cfg.then_col, Some(cfg.then_value.datum), have)];
     Ok(result(&f, apply(&f, new, changes)))
 }
 
