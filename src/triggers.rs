@@ -155,6 +155,56 @@ impl<'a> Fired<'a> {
     }
 }
 
+/// Where trigger arguments are checked: a firing trigger, or
+/// `attach_child_flag` before it makes its triggers.
+trait Site {
+    fn relid(&self) -> Oid;
+    fn table(&self) -> String;
+    fn args(&self) -> Vec<String>;
+    fn mistake(&self, kind: Kind, what: String, example: &str) -> !;
+}
+
+impl Site for Fired<'_> {
+    fn relid(&self) -> Oid {
+        Fired::relid(self)
+    }
+    fn table(&self) -> String {
+        Fired::table(self)
+    }
+    fn args(&self) -> Vec<String> {
+        Fired::args(self)
+    }
+    fn mistake(&self, kind: Kind, what: String, example: &str) -> ! {
+        Fired::mistake(self, kind, what, example)
+    }
+}
+
+/// `attach_child_flag` checking the arguments it is about to attach.
+struct Attaching {
+    child: Oid,
+    args: Vec<String>,
+}
+
+impl Site for Attaching {
+    fn relid(&self) -> Oid {
+        self.child
+    }
+    fn table(&self) -> String {
+        qualified(self.child)
+    }
+    fn args(&self) -> Vec<String> {
+        self.args.clone()
+    }
+    fn mistake(&self, kind: Kind, what: String, example: &str) -> ! {
+        raise(
+            kind,
+            "integrity.attach_child_flag",
+            format!("table {}: {what}", self.table()),
+            format!("For example: {example}"),
+        )
+    }
+}
+
 /// `schema.table` of a relation, quoted as needed.
 fn qualified(relid: Oid) -> String {
     // SAFETY: catalog lookups of an existing relation; quote_identifier
@@ -296,7 +346,7 @@ impl Memory {
 
 /// The column `name` of `relid` (the trigger's table when `relid` is
 /// its own), or the mistake.
-fn column(f: &Fired<'_>, relid: Oid, name: &str, arg: usize, example: &str) -> Col {
+fn column(f: &impl Site, relid: Oid, name: &str, arg: usize, example: &str) -> Col {
     let c = CString::new(name).unwrap_or_default();
     // SAFETY: catalog lookups by OID and name.
     unsafe {
@@ -1063,6 +1113,16 @@ fn attach_child_flag(
             "Name the parent table, its key, the child's column pointing at it and the parent's boolean flag.",
         );
     }
+    // Check the arguments now, as the triggers would on their first
+    // firing, so a mistake fails here and nothing is attached.
+    let site = Attaching {
+        child,
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    child_args(
+        &site,
+        "SELECT integrity.attach_child_flag('appointments', 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count')",
+    );
     let table = qualified(child);
     let list = args
         .iter()
@@ -1118,7 +1178,7 @@ struct ChildArgs {
     live: String,
 }
 
-fn child_args(f: &Fired<'_>, example: &str) -> ChildArgs {
+fn child_args(f: &impl Site, example: &str) -> ChildArgs {
     let args = f.args();
     if !(4..=6).contains(&args.len()) {
         f.mistake(
@@ -1243,7 +1303,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
 
 /// The parent table named by argument 1; unqualified, it is in the child
 /// table's schema.
-fn parent_table(f: &Fired<'_>, name: &str, example: &str) -> Oid {
+fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
     let c = CString::new(name).unwrap_or_default();
     // SAFETY: parses a possibly qualified name and looks it up without
     // locking (the statements lock it when they run).
@@ -1510,6 +1570,23 @@ mod tests {
                 "SELECT integrity.attach_child_flag('no_such_table', 'tgs_p', 'id', 'p_id', 'has')"
             ),
             "42P01"
+        );
+        // Arguments are checked when attaching: nothing is attached.
+        for (call, want) in [
+            ("'tgs_k', 'tgs_p', 'id', 'nope', 'has'", "42703"),
+            ("'tgs_k', 'tgs_p', 'id', 'p_id', 'n'", "22023"),
+            ("'tgs_k', 'tgs_nope', 'id', 'p_id', 'has'", "42P01"),
+        ] {
+            assert_eq!(
+                sqlstate(&format!("SELECT integrity.attach_child_flag({call})")),
+                want,
+                "{call}"
+            );
+        }
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tgs_k'::regclass AND NOT tgisinternal"),
+            Some(4),
+            "the three from the first attach and tgs_bad"
         );
     }
 
