@@ -979,6 +979,16 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_read_only_transaction_books_nothing() {
+        // The helper first: it creates a function, which read-only refuses.
+        crate::testutil::sqlstate("SELECT 1");
+        Spi::run("SET LOCAL transaction_read_only = on").unwrap();
+        let sql =
+            format!("SELECT integrity.book('{ORG}', '{RES}', '2026-12-09 10:00+00', '1 hour')");
+        assert_eq!(crate::testutil::sqlstate(&sql), "25006");
+    }
+
+    #[pg_test]
     fn book_claims_and_reports_conflicts() {
         Spi::run("SET LOCAL TimeZone = 'UTC'").unwrap();
         let a = book(ORG, RES, "2026-12-01 10:00+00", "30 minutes");

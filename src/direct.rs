@@ -131,6 +131,13 @@ fn relid(name: &CStr) -> Oid {
     }
 }
 
+/// Whether this transaction is read-only (`SET TRANSACTION READ ONLY`, a
+/// hot standby): a direct write would skip the check a statement makes.
+pub fn read_only() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe { pg_sys::XactReadOnly }
+}
+
 /// Whether this transaction reads from one snapshot taken at its start
 /// (REPEATABLE READ, SERIALIZABLE).
 pub fn xact_snapshot() -> bool {
@@ -200,6 +207,10 @@ impl Rel {
     /// closed again) when it is not `insertable` or not `allowed`: then
     /// the caller's statement must do the write.
     pub fn for_write(spec: &'static Spec, wanted: pg_sys::AclMode, org_id: Uuid) -> Option<Rel> {
+        // A read-only transaction: the statement raises 25006, as it must.
+        if read_only() {
+            return None;
+        }
         let rel = Rel::open(spec, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         if rel.insertable() && rel.allowed(wanted, org_id) {
             Some(rel)

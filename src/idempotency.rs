@@ -492,7 +492,9 @@ fn idem_begin(
         }
         // A new key is only remembered: its row is written once, when it
         // settles (or as processing at commit). See `pending`.
-        Some(direct::Peek::Absent { insertable: true }) if !xact_snapshot() => {
+        Some(direct::Peek::Absent { insertable: true })
+            if !xact_snapshot() && !crate::direct::read_only() =>
+        {
             pending::add(&k, fingerprint, lease, ttl, now());
             return started();
         }
@@ -886,6 +888,15 @@ mod tests {
         assert_eq!(direct[1].0[3]["outcome"], "mismatch");
         assert_eq!(direct[0].1["status"], "completed");
         assert_eq!(direct[1].1["retryable"], false);
+    }
+
+    #[pg_test]
+    fn a_read_only_transaction_writes_no_key() {
+        // The helper first: it creates a function, which read-only refuses.
+        crate::testutil::sqlstate("SELECT 1");
+        Spi::run("SET LOCAL transaction_read_only = on").unwrap();
+        let sql = format!("SELECT integrity.idem_begin('{ORG}', 'POST /charges', 'ro', '{{}}')");
+        assert_eq!(sqlstate(&sql), "25006");
     }
 
     #[pg_test]
