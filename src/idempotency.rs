@@ -80,10 +80,12 @@ static PEEK: Stmt = Stmt {
 };
 
 static CLAIM: Stmt = Stmt {
+    // One clock reading for created_at, the lease and the expiry, so
+    // expires_at - created_at is exactly the ttl (as the direct path writes).
     sql: "INSERT INTO integrity.idempotency_keys AS k
-              (org_id, scope, key, fingerprint, lease, locked_until, expires_at)
-          VALUES ($1, $2, $3, $4, $5, pg_catalog.clock_timestamp() + $5,
-                  pg_catalog.clock_timestamp() + $6)
+              (org_id, scope, key, fingerprint, lease, locked_until, expires_at, created_at)
+          SELECT $1, $2, $3, $4, $5, n.t + $5, n.t + $6, n.t
+          FROM (SELECT pg_catalog.clock_timestamp() AS t) n
           ON CONFLICT (org_id, scope, key) DO NOTHING
           RETURNING k.attempts",
     args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
@@ -102,9 +104,9 @@ static RESTART: Stmt = Stmt {
     sql: "UPDATE integrity.idempotency_keys
           SET fingerprint = $4, status = 'processing', retryable = NULL,
               response_code = NULL, response = NULL, recovery_point = NULL,
-              lease = $5, locked_until = pg_catalog.clock_timestamp() + $5, attempts = 1,
-              created_at = pg_catalog.clock_timestamp(), completed_at = NULL,
-              expires_at = pg_catalog.clock_timestamp() + $6
+              lease = $5, locked_until = n.t + $5, attempts = 1,
+              created_at = n.t, completed_at = NULL, expires_at = n.t + $6
+          FROM (SELECT pg_catalog.clock_timestamp() AS t) n
           WHERE org_id = $1 AND scope = $2 AND key = $3",
     args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
     writes: true,
@@ -264,6 +266,8 @@ fn key_lock(k: &Key<'_>) -> i64 {
 
 thread_local! {
     static STARTED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// `{"ok": true, "status": "completed", "attempts": 1}`.
+    static COMPLETED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `{"outcome": "started", "attempt": 1}`.
@@ -342,7 +346,10 @@ fn settle_pending(k: &Key<'_>, how: &direct::Settle<'_>) -> Option<Jsonb> {
         end: Some(how),
     };
     match live.then(|| direct::insert(k, &row)).flatten() {
-        Some(true) => Some(how.answer(1)),
+        Some(true) => Some(match how {
+            direct::Settle::Complete { .. } => Jsonb::cached(&COMPLETED, || how.answer(1)),
+            direct::Settle::Fail { .. } => how.answer(1),
+        }),
         Some(false) => taken_by_another(k),
         None => {
             write_pending(&p);
@@ -476,7 +483,7 @@ fn idem_begin(
 
     // The key's lock, to the end of the transaction: a duplicate waits
     // here while the key is being begun, worked on and settled.
-    direct::lock_table();
+    let table = direct::open_table();
     let lock = key_lock(&k);
     advisory_lock(lock, false);
     // Begun before in this transaction: written now, and answered below
@@ -484,7 +491,9 @@ fn idem_begin(
     if let Some(p) = pending::take(&k) {
         write_pending(&p);
     }
-    match direct::peek(&k, &fingerprint) {
+    let peek = direct::peek(&table, &k, &fingerprint);
+    table.close();
+    match peek {
         // A final key is answered without a write, and its lock let go.
         Some(direct::Peek::Final(answer)) => {
             advisory_unlock(lock);

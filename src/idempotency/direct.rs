@@ -109,22 +109,26 @@ pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
     }
 }
 
-/// Take the lock writing a key's row takes (ROW EXCLUSIVE on the table),
-/// now: `idem_begin` takes it before the key's lock and before it knows
+/// The keys table, opened with the lock writing a key's row takes (ROW
+/// EXCLUSIVE), now: `idem_begin` takes it before the key's lock and before it knows
 /// whether it will write, so that no write later in the transaction waits
 /// to upgrade a lock (behind DDL that in turn waits for us), and nobody
 /// queues for the table while holding a key's lock.
-pub fn lock_table() {
-    Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE).close();
+pub fn open_table() -> Rel {
+    Rel::open(&KEYS, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
 }
 
 /// Look at the key as a statement starting now would see it; answer it if
 /// it is final and unexpired. Any isolation level: the probe takes the
 /// snapshot, and under SERIALIZABLE the predicate locks, a SELECT would.
-pub fn peek(k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
-    let rel = Rel::open(&KEYS, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-    if !rel.known() || !rel.allowed(pg_sys::ACL_SELECT as pg_sys::AclMode, k.org_id) {
-        rel.close();
+/// `rel` is the table as `open_table` opened it.
+pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
+    // One privilege and row-security check in the usual case (the role may
+    // read and write); a second only for a role that may just read.
+    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
+    let may_write = rel.known() && rel.allowed(wanted, k.org_id);
+    if !rel.known() || (!may_write && !rel.allowed(pg_sys::ACL_SELECT as pg_sys::AclMode, k.org_id))
+    {
         return None;
     }
     // SAFETY: the snapshot is registered for the probe; the row's values
@@ -172,9 +176,7 @@ pub fn peek(k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
         pg_sys::UnregisterSnapshot(snapshot);
         found
     };
-    let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;
-    let insertable = found.is_none() && rel.insertable() && rel.allowed(wanted, k.org_id);
-    rel.close();
+    let insertable = found.is_none() && rel.insertable() && may_write;
     Some(found.unwrap_or(Peek::Absent { insertable }))
 }
 
