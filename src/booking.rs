@@ -337,14 +337,6 @@ fn slot_lock_key(org: &[u8], res: &[u8], hour: i128) -> i64 {
     lock_key_of([&b"booking-slot"[..], org, res, hour.as_bytes()])
 }
 
-/// Whether this transaction reads from one snapshot taken at its start
-/// (REPEATABLE READ, SERIALIZABLE): then a check made after our locks can
-/// still miss a booking committed before them.
-fn snapshot_predates_locks() -> bool {
-    // SAFETY: a plain read of a backend-local global.
-    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
-}
-
 /// Reserve `n` slot locks in this transaction's budget.
 fn slot_lock_budget(n: u32) -> bool {
     // SAFETY: MyProc is this backend's PGPROC, set for the backend's life.
@@ -394,7 +386,9 @@ fn claim_locks(
         uuid_text(resource_id.as_bytes()),
     );
     let resource_key = resource_key(&org, &res);
-    let exact = !snapshot_predates_locks();
+    // REPEATABLE READ / SERIALIZABLE: a check made after our locks can
+    // still miss a booking committed before them.
+    let exact = !crate::direct::xact_snapshot();
     if !wait {
         return match (advisory_try_lock(resource_key), exact) {
             (false, _) => None,

@@ -60,6 +60,8 @@ const MAX_COLUMNS: usize = 24;
 const MAX_INDEXES: usize = 8;
 /// Most indexes a `Spec` may name.
 const MAX_NAMED: usize = 4;
+/// Most key columns of a named index `fetch` scans.
+const MAX_KEYS: usize = 4;
 
 /// The policy as integrity creates it, as `pg_get_expr` prints it.
 const OUR_POLICY: &str =
@@ -70,6 +72,9 @@ const OUR_POLICY: &str =
 struct Shape {
     table: Oid,
     indexes: [Oid; MAX_NAMED],
+    /// For each named btree index, the equality functions of its key
+    /// columns (what `fetch`'s scan keys need), looked up once.
+    eq_procs: [[Oid; MAX_KEYS]; MAX_NAMED],
     /// Position in the tuple descriptor of each `Spec::columns` entry;
     /// `None` when the columns are not exactly the ones integrity created.
     col: Option<[u16; MAX_COLUMNS]>,
@@ -272,34 +277,34 @@ impl Rel {
         }
     }
 
-    /// The row whose key columns in the unique btree index `index` equal
-    /// `key`, as `snapshot` sees it, handed to `read` while its slot holds
-    /// it; `None` when there is none.
+    /// The row whose key columns in the unique btree index `index` (the
+    /// position of one of `Spec::indexes`) equal `key`, as `snapshot` sees
+    /// it, handed to `read` while its slot holds it; `None` when there is
+    /// none.
     ///
     /// # Safety
     /// `snapshot` is registered (or static) for the call; `read` copies out
     /// what it keeps before returning.
     pub unsafe fn fetch<R>(
         &self,
-        index: Oid,
+        index: usize,
         key: &[pg_sys::Datum],
         snapshot: pg_sys::Snapshot,
         read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
     ) -> Option<R> {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let irel = pg_sys::index_open(index, lock);
+        let irel = pg_sys::index_open(self.shape.indexes[index], lock);
         let n = key.len();
+        let procs = &self.shape.eq_procs[index];
         if (*(*irel).rd_rel).relam != pg_sys::BTREE_AM_OID
             || (*(*irel).rd_index).indnkeyatts as usize != n
+            || n > MAX_KEYS
+            || procs[..n].contains(&Oid::INVALID)
         {
             bug("direct fetch through an index that is not integrity's btree");
         }
-        let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); n];
-        for (i, k) in keys.iter_mut().enumerate() {
-            let family = *(*irel).rd_opfamily.add(i);
-            let ty = *(*irel).rd_opcintype.add(i);
-            let op =
-                pg_sys::get_opfamily_member(family, ty, ty, pg_sys::BTEqualStrategyNumber as i16);
+        let mut keys = [std::mem::zeroed::<pg_sys::ScanKeyData>(); MAX_KEYS];
+        for (i, k) in keys[..n].iter_mut().enumerate() {
             pg_sys::ScanKeyEntryInitialize(
                 k,
                 0,
@@ -307,7 +312,7 @@ impl Rel {
                 pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
                 Oid::INVALID,
                 *(*irel).rd_indcollation.add(i),
-                pg_sys::get_opcode(op),
+                procs[i],
                 key[i],
             );
         }
@@ -354,6 +359,26 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
             ));
         }
     }
+    let mut eq_procs = [[Oid::INVALID; MAX_KEYS]; MAX_NAMED];
+    for (i, &oid) in indexes[..spec.indexes.len()].iter().enumerate() {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let irel = pg_sys::index_open(oid, lock);
+        let n = (*(*irel).rd_index).indnkeyatts as usize;
+        if (*(*irel).rd_rel).relam == pg_sys::BTREE_AM_OID && n <= MAX_KEYS {
+            for (k, proc_) in eq_procs[i][..n].iter_mut().enumerate() {
+                let family = *(*irel).rd_opfamily.add(k);
+                let ty = *(*irel).rd_opcintype.add(k);
+                let op = pg_sys::get_opfamily_member(
+                    family,
+                    ty,
+                    ty,
+                    pg_sys::BTEqualStrategyNumber as i16,
+                );
+                *proc_ = pg_sys::get_opcode(op);
+            }
+        }
+        pg_sys::index_close(irel, lock);
+    }
     let col = columns(spec, rel);
     let insertable = col.is_some() && (*rel).trigdesc.is_null() && only_listed_checks(spec, rel);
     let our_policy = !(*(*rel).rd_rel).relrowsecurity
@@ -374,6 +399,7 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
     Shape {
         table,
         indexes,
+        eq_procs,
         col,
         insertable,
         our_policy,

@@ -64,10 +64,23 @@ pub fn raise(
     message: impl Into<String>,
     hint: impl Into<String>,
 ) -> ! {
-    let message = format!("{function}: {}", message.into());
-    ErrorReport::new(kind.code(), message, function)
-        .set_hint(hint)
-        .report(PgLogLevel::ERROR);
+    report(kind.code(), function, message.into(), None, hint.into())
+}
+
+/// The one place our errors are reported.
+#[track_caller]
+fn report(
+    code: PgSqlErrorCode,
+    function: &'static str,
+    message: String,
+    detail: Option<String>,
+    hint: String,
+) -> ! {
+    let mut e = ErrorReport::new(code, format!("{function}: {message}"), function).set_hint(hint);
+    if let Some(detail) = detail {
+        e = e.set_detail(detail);
+    }
+    e.report(PgLogLevel::ERROR);
     // `report` at ERROR level does not return; this keeps the type `!` honest.
     unreachable!("ERROR-level report returned")
 }
@@ -82,12 +95,13 @@ pub fn raise_as(
     detail: impl Into<String>,
     hint: impl Into<String>,
 ) -> ! {
-    let message = format!("{function}: {}", message.into());
-    ErrorReport::new(code, message, function)
-        .set_detail(detail)
-        .set_hint(hint)
-        .report(PgLogLevel::ERROR);
-    unreachable!("ERROR-level report returned")
+    report(
+        code,
+        function,
+        message.into(),
+        Some(detail.into()),
+        hint.into(),
+    )
 }
 
 /// Unwrap a required argument or raise 22004 naming it.

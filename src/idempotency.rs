@@ -523,7 +523,7 @@ fn idem_begin(
         for _ in 0..3 {
             let claimed = run(client, &CLAIM, Some(1), &claim_args);
             if !claimed.is_empty() {
-                return outcome(r#"{"outcome": "started", "attempt": 1}"#.into());
+                return started();
             }
             // A final answer is replayed without a lock or a write.
             let peek = crate::plans::read(client, &PEEK, Some(1), &k.args());
@@ -541,7 +541,7 @@ fn idem_begin(
             let key_row = KeyRow::read(&row.first(), EXISTING.sql);
             if key_row.expired {
                 run(client, &RESTART, None, &claim_args);
-                return outcome(r#"{"outcome": "started", "attempt": 1}"#.into());
+                return started();
             }
             if let Some(answer) = key_row.final_answer(&fingerprint) {
                 return answer;

@@ -396,13 +396,7 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
                 typmod,
             ))
         })
-        .catch_others(|e| match e {
-            pg_sys::panic::CaughtError::PostgresError(r)
-            | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                Err((r.sql_error_code(), r.message().to_string()))
-            }
-        })
+        .catch_others(|e| Err(caught(e)))
         .execute();
         match r {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
@@ -434,22 +428,56 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
 }
 
 /// The equality function of `col`'s type, or the mistake.
-fn equality(f: &Fired<'_>, col: &Col, example: &str) -> *mut pg_sys::FmgrInfo {
+/// The SQLSTATE and message of an error caught by `PgTryBuilder`.
+fn caught(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+            (r.sql_error_code(), r.message().to_string())
+        }
+    }
+}
+
+/// The equality function of `col`'s type, if it has one.
+fn eq_of(col: &Col) -> Option<*mut pg_sys::FmgrInfo> {
     // SAFETY: the type cache entry lives for the backend; its eq_opr_finfo
     // is filled in by the lookup when the type has an equality operator.
     unsafe {
         let t = pg_sys::lookup_type_cache(col.typid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
-        if (*t).eq_opr == Oid::INVALID {
-            f.mistake(
-                Kind::InvalidParameter,
-                format!(
-                    "column {:?} has a type without an equality operator",
-                    col.name
-                ),
-                example,
-            );
-        }
-        &mut (*t).eq_opr_finfo
+        ((*t).eq_opr != Oid::INVALID).then(|| &mut (*t).eq_opr_finfo as *mut pg_sys::FmgrInfo)
+    }
+}
+
+/// The equality function of `col`'s type, or the mistake.
+fn equality(f: &Fired<'_>, col: &Col, example: &str) -> *mut pg_sys::FmgrInfo {
+    eq_of(col).unwrap_or_else(|| {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "column {:?} has a type without an equality operator",
+                col.name
+            ),
+            example,
+        )
+    })
+}
+
+/// Whether two values of `col` (NULL as `None`) are the same: by the
+/// type's `=` (`eq`), or by their text for a type without one.
+fn same(
+    col: &Col,
+    eq: Option<*mut pg_sys::FmgrInfo>,
+    a: Option<pg_sys::Datum>,
+    b: Option<pg_sys::Datum>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match eq {
+            Some(eq) => equal(eq, col.collation, a, b),
+            None => output(col.typid, a) == output(col.typid, b),
+        },
+        _ => false,
     }
 }
 
@@ -912,6 +940,9 @@ fn tg_implies<'a>(
 struct ChildConfig {
     fk: Col,
     deleted: Option<Col>,
+    /// `=` of the fk's and the deleted column's types, looked up once.
+    fk_eq: Option<*mut pg_sys::FmgrInfo>,
+    deleted_eq: Option<*mut pg_sys::FmgrInfo>,
     lock: OwnedPreparedStatement,
     recompute: OwnedPreparedStatement,
 }
@@ -958,17 +989,14 @@ fn tg_child_flag<'a>(
     match (old, new) {
         (Some(o), Some(n)) => {
             // An update: only a move or a soft delete changes anything.
-            let same_parent = match (old_parent, new_parent) {
-                (Some(a), Some(b)) => fk_equal(&cfg.fk, a, b),
-                (None, None) => true,
-                _ => false,
-            };
+            let same_parent = same(&cfg.fk, cfg.fk_eq, old_parent, new_parent);
             let same_deleted = cfg.deleted.as_ref().is_none_or(|d| {
-                match (get(&f, o, d.attnum), get(&f, n, d.attnum)) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => output(d.typid, a) == output(d.typid, b),
-                    _ => false,
-                }
+                same(
+                    d,
+                    cfg.deleted_eq,
+                    get(&f, o, d.attnum),
+                    get(&f, n, d.attnum),
+                )
             });
             if same_parent && same_deleted {
                 return Ok(None);
@@ -1153,19 +1181,6 @@ fn attach_child_flag(
     names
 }
 
-fn fk_equal(fk: &Col, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
-    // SAFETY: the type cache entry lives for the backend.
-    let eq = unsafe {
-        let t = pg_sys::lookup_type_cache(fk.typid, pg_sys::TYPECACHE_EQ_OPR_FINFO as i32);
-        if (*t).eq_opr == Oid::INVALID {
-            return output(fk.typid, a) == output(fk.typid, b);
-        }
-        &mut (*t).eq_opr_finfo as *mut pg_sys::FmgrInfo
-    };
-    equal(eq, fk.collation, a, b)
-}
-
-/// Resolve and check tg_child_flag's arguments and prepare its statements.
 /// tg_child_flag's arguments, resolved and checked.
 struct ChildArgs {
     parent: Oid,
@@ -1229,6 +1244,7 @@ fn child_args(f: &impl Site, example: &str) -> ChildArgs {
     }
 }
 
+/// Resolve and check tg_child_flag's arguments and prepare its statements.
 fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     let ChildArgs {
         parent,
@@ -1268,13 +1284,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         with_pinned_settings(|| {
             Spi::connect_mut(|client| {
                 let prepared = pgrx::PgTryBuilder::new(|| Ok(client.prepare_mut(sql, &types)))
-                    .catch_others(|e| match e {
-                        pg_sys::panic::CaughtError::PostgresError(r)
-                        | pg_sys::panic::CaughtError::ErrorReport(r)
-                        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                            Err(r.message().to_string())
-                        }
-                    })
+                    .catch_others(|e| Err(caught(e).1))
                     .execute();
                 match prepared {
                     Ok(Ok(p)) => p.keep(),
@@ -1296,6 +1306,8 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     ChildConfig {
         lock: prepare(&lock),
         recompute: prepare(&recompute),
+        fk_eq: eq_of(&fk),
+        deleted_eq: deleted.as_ref().and_then(eq_of),
         fk,
         deleted,
     }

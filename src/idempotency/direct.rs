@@ -136,7 +136,7 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
     // into a jsonb of its own) before the slot lets it go.
     let found = unsafe {
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-        let found = rel.fetch(rel.index(PKEY), &key_datums(k), snapshot, |slot| {
+        let found = rel.fetch(PKEY, &key_datums(k), snapshot, |slot| {
             pg_sys::slot_getallattrs(slot);
             let v = |i: usize| value(slot, rel.col(i));
             let status = v(STATUS).and_then(|d| String::from_datum(d, false));
@@ -146,8 +146,7 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
                 Some("failed") => retryable == Some(false),
                 _ => false,
             };
-            let expired =
-                v(EXPIRES_AT).is_none_or(|d| d.value() as i64 <= pg_sys::GetCurrentTimestamp());
+            let expired = v(EXPIRES_AT).is_none_or(|d| d.value() as i64 <= super::now());
             if !is_final || expired {
                 return Peek::Other;
             }
@@ -230,11 +229,7 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
             set(RETRYABLE, retryable.and_then(|r| r.into_datum()));
             set(RESPONSE_CODE, code.and_then(|c| c.into_datum()));
             set(RESPONSE, response.and_then(|r| r.into_datum()));
-            // SAFETY: the clock, as clock_timestamp() reads it.
-            set(
-                COMPLETED_AT,
-                unsafe { pg_sys::GetCurrentTimestamp() }.into_datum(),
-            );
+            set(COMPLETED_AT, super::now().into_datum());
         }
     }
     // Under the key's lock no other row for the key can appear (every
@@ -303,7 +298,7 @@ pub fn settle(k: &Key<'_>, how: &Settle<'_>) -> Option<Jsonb> {
     // old row while the new one is built from it and written.
     let attempts = unsafe {
         let snapshot = &raw mut pg_sys::SnapshotSelfData;
-        rel.fetch(rel.index(PKEY), &key_datums(k), snapshot, |slot| {
+        rel.fetch(PKEY, &key_datums(k), snapshot, |slot| {
             let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
             let xmin = pg_sys::HeapTupleHeaderGetXmin((*tuple).t_data);
             if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
@@ -311,7 +306,7 @@ pub fn settle(k: &Key<'_>, how: &Settle<'_>) -> Option<Jsonb> {
             }
             pg_sys::slot_getallattrs(slot);
             let v = |i: usize| value(slot, rel.col(i));
-            let now = pg_sys::GetCurrentTimestamp();
+            let now = super::now();
             let processing = v(STATUS)
                 .and_then(|d| String::from_datum(d, false))
                 .as_deref()
