@@ -1125,6 +1125,15 @@ fn attach_child_flag(
 ) -> Vec<String> {
     const F: &str = "integrity.attach_child_flag";
     let child = crate::errors::required(child, F, "child");
+    // SAFETY: a catalog lookup by OID; NULL when there is no such relation.
+    if unsafe { pg_sys::get_rel_name(child) }.is_null() {
+        raise(
+            Kind::UndefinedTable,
+            F,
+            format!("no table has OID {}", child.to_u32()),
+            "Pass the child table by name: integrity.attach_child_flag('appointments', …).",
+        );
+    }
     let args = [
         crate::errors::required(parent_table, F, "parent_table"),
         crate::errors::required(parent_key, F, "parent_key"),
@@ -1581,6 +1590,14 @@ mod tests {
             sqlstate(
                 "SELECT integrity.attach_child_flag('no_such_table', 'tgs_p', 'id', 'p_id', 'has')"
             ),
+            "42P01"
+        );
+        assert_eq!(
+            sqlstate("SELECT integrity.attach_child_flag_by_oid(NULL, 'tgs_p', 'id', 'p_id', 'has', '', '')"),
+            "22004"
+        );
+        assert_eq!(
+            sqlstate("SELECT integrity.attach_child_flag_by_oid(4294967290, 'tgs_p', 'id', 'p_id', 'has', '', '')"),
             "42P01"
         );
         // Arguments are checked when attaching: nothing is attached.
