@@ -6,7 +6,11 @@
 //! Each variant has its own schema with the same tables: `none`; `ours`
 //! (integrity's triggers, `tg_child_flag` per row); `ours_set` (the same,
 //! with `tg_child_flag` per statement through `attach_child_flag`);
-//! `plpgsql`. Loads, each timed per variant:
+//! `plpgsql`; and `floor`, whose `calls` has three no-op BEFORE ROW
+//! triggers written in C (contrib `lo`'s `lo_manage`, which does nothing on
+//! INSERT): the least any three BEFORE ROW triggers cost, since with one
+//! COPY stores rows one at a time instead of in batches. Loads, each timed
+//! per variant:
 //!   * COPY of BENCH_ROWS calls (default 200,000), then of BENCH_ROWS
 //!     appointments for random calls;
 //!   * single-row INSERTs of BENCH_ROWS calls, then appointments, from
@@ -28,7 +32,7 @@ use common::Cluster;
 use std::io::Write;
 use std::time::Instant;
 
-const VARIANTS: [&str; 4] = ["none", "ours", "ours_set", "plpgsql"];
+const VARIANTS: [&str; 5] = ["none", "ours", "ours_set", "plpgsql", "floor"];
 
 fn schema(c: &mut postgres::Client, s: &str) {
     c.batch_execute(&format!(
@@ -73,6 +77,13 @@ fn schemas(c: &mut postgres::Client) {
     ours(c);
     c.batch_execute(include_str!("triggers_baseline.sql"))
         .unwrap();
+    c.batch_execute(
+        "CREATE EXTENSION IF NOT EXISTS lo;
+         CREATE TRIGGER calls_a BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');
+         CREATE TRIGGER calls_b BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');
+         CREATE TRIGGER calls_c BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');",
+    )
+    .unwrap();
 }
 
 /// The i-th call's values: every other call has a customer, every third
@@ -169,32 +180,53 @@ fn main() {
     let pg: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
     println!("trigger benchmark: PostgreSQL {pg}, {rows} rows per load, single-row INSERTs from {clients} clients");
     println!(
-        "{:<26} {:>8} {:>8} {:>8} {:>8}  {:>7} {:>7}  {:>12} {:>11}",
+        "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>7} {:>7} {:>7}  {:>12} {:>11} {:>10}",
         "load (rows/s)",
         "none",
         "ours",
         "ours_set",
         "plpgsql",
+        "floor",
         "ours ×",
         "set ×",
+        "floor ×",
         "plpgsql/ours",
-        "plpgsql/set"
+        "plpgsql/set",
+        "ours/floor"
     );
-    let report = |load: &str, r: [f64; 4]| {
+    let report = |load: &str, r: [f64; 5]| {
+        let floor = |v: f64, digits: usize| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.digits$}")
+            }
+        };
         println!(
-            "{load:<26} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>7.2} {:>7.2}  {:>12.2} {:>11.2}",
+            "{load:<26} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8}  {:>7.2} {:>7.2} {:>7}  {:>12.2} {:>11.2} {:>10}",
             r[0],
             r[1],
             r[2],
             r[3],
+            floor(r[4], 0),
             r[0] / r[1],
             r[0] / r[2],
+            floor(r[0] / r[4], 2),
             r[1] / r[3],
-            r[2] / r[3]
+            r[2] / r[3],
+            floor(r[4] / r[1], 2),
         );
     };
+    // The floor only has triggers on calls: its appointments loads would
+    // repeat `none`.
     let run = |load: &str, f: &mut dyn FnMut(&str) -> f64| {
-        let r = VARIANTS.map(|s| f(s));
+        let r = VARIANTS.map(|s| {
+            if s == "floor" && load.contains("appointments") {
+                f64::NAN
+            } else {
+                f(s)
+            }
+        });
         report(load, r);
         r
     };
@@ -205,7 +237,7 @@ fn main() {
     });
     // Fresh tables for the INSERT loads (as for the COPY loads): after a
     // TRUNCATE, PL/pgSQL's cached plans would scan the grown table.
-    c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql CASCADE")
+    c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
         .unwrap();
     schemas(&mut c);
     run("INSERT calls (1 row each)", &mut |s| {
@@ -233,8 +265,9 @@ fn main() {
     }
     println!("check: in ours, ours_set and plpgsql every call's direction, link status and appointment count are right");
     println!(
-        "summary: BEFORE triggers on COPY calls cost {:.2}x the no-trigger time (target <= 1.25), plpgsql/ours {:.2} (target > 1); tg_child_flag on COPY: plpgsql/ours {:.2} per row, {:.2} per statement (target > 1)",
+        "summary: BEFORE triggers on COPY calls cost {:.2}x the no-trigger time (target <= 1.25; three no-op C triggers cost {:.2}x), plpgsql/ours {:.2} (target > 1); tg_child_flag on COPY: plpgsql/ours {:.2} per row, {:.2} per statement (target > 1)",
         copy_calls[0] / copy_calls[1],
+        copy_calls[0] / copy_calls[4],
         copy_calls[1] / copy_calls[3],
         copy_appts[1] / copy_appts[3],
         copy_appts[2] / copy_appts[3]

@@ -292,7 +292,25 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
             .collect();
         keys.into_iter().filter_map(|k| c.remove(&k)).collect()
     });
+    let groups: Vec<Rc<Group>> = GROUPS.with(|g| {
+        let mut g = g.borrow_mut();
+        let keys: Vec<GroupKey> = g
+            .iter()
+            .filter(|(_, (r, _))| relid == Oid::INVALID || *r == relid)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter().filter_map(|k| g.remove(&k)).map(|(_, g)| g).collect()
+    });
+    drop(groups);
     drop(gone);
+}
+
+/// Register `forget`, once per backend.
+fn watch() {
+    if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: registered once per backend, for its life.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
 }
 
 /// The validated arguments of the firing trigger, built by `build` on its
@@ -303,10 +321,7 @@ fn config<T: 'static>(f: &Fired<'_>, build: impl FnOnce(&Fired<'_>) -> T) -> Rc<
     if let Some(kept) = kept.and_then(|k| k.downcast::<T>().ok()) {
         return kept;
     }
-    if !WATCHING.with(|w| w.replace(true)) {
-        // SAFETY: registered once per backend, for its life.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
-    }
+    watch();
     let built = Rc::new(build(f));
     CONFIGS.with(|c| {
         c.borrow_mut().insert(
@@ -540,42 +555,73 @@ fn get(f: &Fired<'_>, tuple: pg_sys::HeapTuple, attnum: i16) -> Option<pg_sys::D
     (!null).then_some(d)
 }
 
-/// Changes to make to NEW: (column, new value or NULL, old value), on the
-/// stack for the usual few.
-type Changes<'c> = smallvec::SmallVec<[(&'c Col, Option<pg_sys::Datum>, Option<pg_sys::Datum>); 8]>;
+/// NEW taken apart once for all the rules of a group: its values by
+/// column, changed in place; formed again only when a rule changed one.
+struct Row {
+    values: smallvec::SmallVec<[pg_sys::Datum; 16]>,
+    nulls: smallvec::SmallVec<[bool; 16]>,
+    changed: bool,
+}
 
-/// NEW with `changes` made, each correction (a non-NULL value overwritten)
-/// logged; `None` when nothing changes.
-fn apply(f: &Fired<'_>, tuple: pg_sys::HeapTuple, changes: Changes<'_>) -> pg_sys::HeapTuple {
-    if changes.is_empty() {
-        return tuple;
-    }
-    if gucs::log_corrections() {
-        for (col, after, before) in &changes {
-            if before.is_some() {
-                log_correction(f, tuple, col, *before, *after);
-            }
+impl Row {
+    fn of(f: &Fired<'_>, tuple: pg_sys::HeapTuple) -> Row {
+        // SAFETY: the trigger's table's descriptor and a tuple of it; the
+        // arrays have one entry per column. By-reference values point into
+        // `tuple`, which outlives the row.
+        unsafe {
+            let desc = (*f.rel()).rd_att;
+            let n = (*desc).natts as usize;
+            let mut row = Row {
+                values: smallvec::smallvec![pg_sys::Datum::from(0); n],
+                nulls: smallvec::smallvec![true; n],
+                changed: false,
+            };
+            pg_sys::heap_deform_tuple(tuple, desc, row.values.as_mut_ptr(), row.nulls.as_mut_ptr());
+            row
         }
     }
-    let mut cols: smallvec::SmallVec<[i32; 8]> =
-        changes.iter().map(|(c, _, _)| c.attnum as i32).collect();
-    let mut values: smallvec::SmallVec<[pg_sys::Datum; 8]> = changes
-        .iter()
-        .map(|(_, v, _)| v.unwrap_or(pg_sys::Datum::from(0)))
-        .collect();
-    let mut nulls: smallvec::SmallVec<[bool; 8]> =
-        changes.iter().map(|(_, v, _)| v.is_none()).collect();
-    // SAFETY: a new tuple from NEW with the listed columns replaced; the
-    // executor takes it as the row to store.
-    unsafe {
-        pg_sys::heap_modify_tuple_by_cols(
-            tuple,
-            (*f.rel()).rd_att,
-            cols.len() as i32,
-            cols.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-        )
+
+    fn get(&self, attnum: i16) -> Option<pg_sys::Datum> {
+        let i = attnum as usize - 1;
+        (!self.nulls[i]).then(|| self.values[i])
+    }
+
+    fn set(&mut self, attnum: i16, value: Option<pg_sys::Datum>) {
+        let i = attnum as usize - 1;
+        self.values[i] = value.unwrap_or(pg_sys::Datum::from(0));
+        self.nulls[i] = value.is_none();
+        self.changed = true;
+    }
+
+    /// Set `col` to `after`, logging it as a correction (rule of trigger
+    /// `f`) when it overwrites a value.
+    fn correct(&mut self, f: &Fired<'_>, col: &Col, after: pg_sys::Datum) {
+        let before = self.get(col.attnum);
+        if before.is_some() && gucs::log_corrections() {
+            log_correction(f, self, col, before, Some(after));
+        }
+        self.set(col.attnum, Some(after));
+    }
+
+    /// The tuple to store: `tuple` itself when no rule changed it.
+    fn form(mut self, f: &Fired<'_>, tuple: pg_sys::HeapTuple) -> pg_sys::HeapTuple {
+        if !self.changed {
+            return tuple;
+        }
+        // SAFETY: a new tuple of the table from one value per column, with
+        // the old tuple's identity (as heap_modify_tuple copies it); the
+        // executor takes it as the row to store.
+        unsafe {
+            let t = pg_sys::heap_form_tuple(
+                (*f.rel()).rd_att,
+                self.values.as_mut_ptr(),
+                self.nulls.as_mut_ptr(),
+            );
+            (*(*t).t_data).t_ctid = (*(*tuple).t_data).t_ctid;
+            (*t).t_self = (*tuple).t_self;
+            (*t).t_tableOid = (*tuple).t_tableOid;
+            t
+        }
     }
 }
 
@@ -589,7 +635,7 @@ static LOG: Stmt = Stmt {
 
 fn log_correction(
     f: &Fired<'_>,
-    tuple: pg_sys::HeapTuple,
+    row: &Row,
     col: &Col,
     before: Option<pg_sys::Datum>,
     after: Option<pg_sys::Datum>,
@@ -598,7 +644,7 @@ fn log_correction(
     let key: serde_json::Map<String, serde_json::Value> = pk
         .iter()
         .map(|c| {
-            let v = get(f, tuple, c.attnum).map(|d| output(c.typid, d));
+            let v = row.get(c.attnum).map(|d| output(c.typid, d));
             (c.name.clone(), serde_json::Value::from(v))
         })
         .collect();
@@ -679,12 +725,12 @@ fn before_row(f: &Fired<'_>) {
     }
 }
 
-/// NEW of a BEFORE ROW INSERT/UPDATE trigger.
-fn new_row(f: &Fired<'_>) -> pg_sys::HeapTuple {
+/// NEW of a BEFORE ROW INSERT/UPDATE trigger, and the slot holding it.
+fn new_row(f: &Fired<'_>) -> (pg_sys::HeapTuple, *mut pg_sys::TupleTableSlot) {
     if f.op() == pg_sys::TRIGGER_EVENT_UPDATE {
-        f.td.tg_newtuple
+        (f.td.tg_newtuple, f.td.tg_newslot)
     } else {
-        f.td.tg_trigtuple
+        (f.td.tg_trigtuple, f.td.tg_trigslot)
     }
 }
 
@@ -703,11 +749,300 @@ fn result<'a>(
 }
 
 // ---------------------------------------------------------------------------
+// The BEFORE ROW rules, enforced a group at a time
+//
+// Each of tg_default, tg_link_status and tg_implies enforces one rule on
+// NEW. Changing NEW means forming a new tuple, which the executor then
+// copies into its slot; three triggers that each change a column form and
+// copy the row three times. So the first of our BEFORE ROW triggers to fire
+// for a row enforces, in firing order, its own rule and those of the
+// triggers of ours that fire right after it, on the row taken apart once,
+// and forms it once. Those triggers then find their rule done and return
+// NEW as it is. The result is the one the triggers give one by one: the
+// rules run in the same order on the same values, and a group never spans
+// a trigger that is not ours, nor one whose firing depends on the row (a
+// WHEN condition, UPDATE OF columns).
+
+/// A validated BEFORE ROW rule: what one of our BEFORE triggers enforces.
+enum Rule {
+    Default(Rc<DefaultConfig>),
+    Link(Rc<LinkConfig>),
+    Implies(Rc<ImpliesConfig>),
+}
+
+impl Rule {
+    /// The rule of trigger `f` (validating its arguments on first use).
+    fn of(f: &Fired<'_>) -> Rule {
+        match f.func {
+            TG_DEFAULT => Rule::Default(config(f, default_config)),
+            TG_LINK_STATUS => Rule::Link(config(f, link_config)),
+            _ => Rule::Implies(config(f, implies_config)),
+        }
+    }
+
+    /// Enforce the rule (of trigger `f`) on `row`.
+    fn enforce(&self, f: &Fired<'_>, row: &mut Row) {
+        match self {
+            Rule::Default(cfg) => {
+                for (col, v) in &cfg.pairs {
+                    if row.get(col.attnum).is_none() {
+                        row.set(col.attnum, Some(v.datum));
+                    }
+                }
+            }
+            Rule::Link(cfg) => {
+                let want = if row.get(cfg.fk.attnum).is_some() {
+                    &cfg.linked
+                } else {
+                    &cfg.unlinked
+                };
+                match row.get(cfg.status.attnum) {
+                    Some(d) if equal(cfg.eq, cfg.status.collation, d, want.datum) => {}
+                    Some(_) => row.correct(f, &cfg.status, want.datum),
+                    None => row.set(cfg.status.attnum, Some(want.datum)),
+                }
+            }
+            Rule::Implies(cfg) => {
+                let applies = row
+                    .get(cfg.if_col.attnum)
+                    .is_some_and(|d| equal(cfg.if_eq, cfg.if_col.collation, d, cfg.if_value.datum));
+                let have = row.get(cfg.then_col.attnum);
+                let holds = have.is_some_and(|d| {
+                    equal(cfg.then_eq, cfg.then_col.collation, d, cfg.then_value.datum)
+                });
+                if !applies || holds {
+                    return;
+                }
+                if cfg.reject {
+                    implies_rejects(f, cfg, have);
+                }
+                match have {
+                    Some(_) => row.correct(f, &cfg.then_col, cfg.then_value.datum),
+                    None => row.set(cfg.then_col.attnum, Some(cfg.then_value.datum)),
+                }
+            }
+        }
+    }
+}
+
+/// The BEFORE ROW triggers of ours that fire together for one event: the
+/// firing trigger and those right after it in firing order, by their
+/// position in the table's trigger descriptor.
+struct Group {
+    members: Vec<(usize, Oid, Rule)>,
+}
+
+/// A group, kept for (its first trigger, event, replica role).
+type GroupKey = (Oid, u32, bool);
+
+thread_local! {
+    static GROUPS: RefCell<rustc_hash::FxHashMap<GroupKey, (Oid, Rc<Group>)>> =
+        RefCell::new(rustc_hash::FxHashMap::default());
+    /// The group enforced last: the slot of its row, the event, and the
+    /// triggers of it still to fire for that row (next first).
+    static ENFORCED: RefCell<(usize, u32, smallvec::SmallVec<[Oid; 8]>)> =
+        RefCell::new((0, 0, smallvec::SmallVec::new()));
+}
+
+fn replica() -> bool {
+    // SAFETY: reading a GUC variable of this backend.
+    unsafe { pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 }
+}
+
+/// Whether trigger `t` fires for a row of event `op`, as far as its
+/// definition says (type and enabled state; not its WHEN condition).
+fn fires(t: &pg_sys::Trigger, op: u32) -> bool {
+    let tgtype = t.tgtype as u32;
+    let event = match op {
+        pg_sys::TRIGGER_EVENT_UPDATE => pg_sys::TRIGGER_TYPE_UPDATE,
+        _ => pg_sys::TRIGGER_TYPE_INSERT,
+    };
+    let enabled = match t.tgenabled as u8 {
+        pg_sys::TRIGGER_DISABLED => false,
+        pg_sys::TRIGGER_FIRES_ON_ORIGIN => !replica(),
+        pg_sys::TRIGGER_FIRES_ON_REPLICA => replica(),
+        _ => true,
+    };
+    enabled
+        && tgtype & pg_sys::TRIGGER_TYPE_LEVEL_MASK == pg_sys::TRIGGER_TYPE_ROW
+        && tgtype & pg_sys::TRIGGER_TYPE_TIMING_MASK == pg_sys::TRIGGER_TYPE_BEFORE
+        && tgtype & event != 0
+}
+
+/// Which of our BEFORE ROW functions `funcid` is, if it is one (a function
+/// of that name in our schema, `ns`).
+fn rule_function(funcid: Oid, ns: Oid) -> Option<&'static str> {
+    // SAFETY: catalog lookups by OID; the name is copied.
+    unsafe {
+        if pg_sys::get_func_namespace(funcid) != ns {
+            return None;
+        }
+        let name = pg_sys::get_func_name(funcid);
+        if name.is_null() {
+            return None;
+        }
+        match CStr::from_ptr(name).to_bytes() {
+            b"tg_default" => Some(TG_DEFAULT),
+            b"tg_link_status" => Some(TG_LINK_STATUS),
+            b"tg_implies" => Some(TG_IMPLIES),
+            _ => None,
+        }
+    }
+}
+
+/// The table's triggers, in firing order.
+fn triggers<'r>(f: &Fired<'r>) -> &'r [pg_sys::Trigger] {
+    // SAFETY: the open relation's trigger descriptor (it has one: a
+    // trigger of it is firing), with numtriggers entries.
+    unsafe {
+        let d = (*f.rel()).trigdesc;
+        if d.is_null() {
+            return &[];
+        }
+        std::slice::from_raw_parts((*d).triggers, (*d).numtriggers as usize)
+    }
+}
+
+/// Trigger `t` of the firing trigger's table, as if it were firing now.
+fn member(f: &Fired<'_>, t: &pg_sys::Trigger) -> pg_sys::TriggerData {
+    pg_sys::TriggerData {
+        tg_trigger: t as *const pg_sys::Trigger as *mut pg_sys::Trigger,
+        ..*f.td
+    }
+}
+
+/// The group that starts with the firing trigger, built (and each
+/// member's arguments validated) on first use.
+fn group(f: &Fired<'_>) -> Rc<Group> {
+    let key = (f.trigger().tgoid, f.op(), replica());
+    if let Some(g) = GROUPS.with(|g| g.borrow().get(&key).map(|(_, g)| g.clone())) {
+        return g;
+    }
+    watch();
+    let all = triggers(f);
+    let me = all.iter().position(|t| t.tgoid == key.0).unwrap_or(usize::MAX);
+    let mut members = vec![(me, key.0, Rule::of(f))];
+    // SAFETY: a catalog lookup by OID.
+    let ns = unsafe { pg_sys::get_func_namespace(f.trigger().tgfoid) };
+    for (k, t) in all.iter().enumerate().skip(me.saturating_add(1)) {
+        if !fires(t, f.op()) {
+            continue;
+        }
+        let conditional =
+            !t.tgqual.is_null() || (f.op() == pg_sys::TRIGGER_EVENT_UPDATE && t.tgnattr > 0);
+        match rule_function(t.tgfoid, ns) {
+            Some(func) if !conditional => {
+                let td = member(f, t);
+                let m = Fired { td: &td, func };
+                members.push((k, t.tgoid, Rule::of(&m)));
+            }
+            _ => break,
+        }
+    }
+    let g = Rc::new(Group { members });
+    GROUPS.with(|gs| gs.borrow_mut().insert(key, (f.relid(), g.clone())));
+    g
+}
+
+/// Whether the firing trigger's rule was already enforced on this row by
+/// the group before it.
+fn enforced(f: &Fired<'_>, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    ENFORCED.with(|e| {
+        let mut e = e.borrow_mut();
+        let (s, op, next) = &mut *e;
+        if *s == slot as usize && *op == f.op() && next.first() == Some(&f.trigger().tgoid) {
+            next.remove(0);
+            true
+        } else {
+            next.clear();
+            false
+        }
+    })
+}
+
+/// A BEFORE ROW trigger of ours fires: enforce its group's rules on NEW,
+/// unless its rule was enforced by the group before it.
+fn before_rules<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+    func: &'static str,
+) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> {
+    let f = Fired::new(trigger, func);
+    before_row(&f);
+    let (new, slot) = new_row(&f);
+    if enforced(&f, slot) {
+        return result(&f, new);
+    }
+    let mut g = group(&f);
+    let all = triggers(&f);
+    if g.members[1..]
+        .iter()
+        .any(|(k, tgoid, _)| all.get(*k).map(|t| t.tgoid) != Some(*tgoid))
+    {
+        // The descriptor changed under a kept group: build it again.
+        GROUPS.with(|gs| gs.borrow_mut().clear());
+        g = group(&f);
+    }
+    let mut row = Row::of(&f, new);
+    for (i, (k, _, rule)) in g.members.iter().enumerate() {
+        if i == 0 {
+            rule.enforce(&f, &mut row);
+        } else {
+            let td = member(&f, &all[*k]);
+            let func = match rule {
+                Rule::Default(_) => TG_DEFAULT,
+                Rule::Link(_) => TG_LINK_STATUS,
+                Rule::Implies(_) => TG_IMPLIES,
+            };
+            rule.enforce(&Fired { td: &td, func }, &mut row);
+        }
+    }
+    if g.members.len() > 1 && !slot.is_null() {
+        ENFORCED.with(|e| {
+            *e.borrow_mut() = (
+                slot as usize,
+                f.op(),
+                g.members[1..].iter().map(|(_, tgoid, _)| *tgoid).collect(),
+            )
+        });
+    }
+    result(&f, row.form(&f, new))
+}
+
+// ---------------------------------------------------------------------------
 // tg_default
 
 struct DefaultConfig {
     pairs: Vec<(Col, Value)>,
     _memory: Memory,
+}
+
+fn default_config(f: &Fired<'_>) -> DefaultConfig {
+    let example = || f.example("BEFORE INSERT", "'direction', 'inbound'");
+    let args = f.args();
+    if args.is_empty() || args.len() % 2 != 0 {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "takes pairs of column and value, got {} arguments",
+                args.len()
+            ),
+            &example(),
+        );
+    }
+    let mem = memory();
+    let pairs = args
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| {
+            let col = column(f, f.relid(), &pair[0], 2 * i + 1, &example());
+            let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example());
+            (col, v)
+        })
+        .collect();
+    DefaultConfig {
+        pairs,
+        _memory: mem.keep(),
+    }
 }
 
 /// BEFORE INSERT (or UPDATE) FOR EACH ROW: a NULL in each named column
@@ -716,44 +1051,7 @@ struct DefaultConfig {
 fn tg_default<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired::new(trigger, TG_DEFAULT);
-    let example = || f.example("BEFORE INSERT", "'direction', 'inbound'");
-    before_row(&f);
-    let cfg = config(&f, |f| {
-        let args = f.args();
-        if args.is_empty() || args.len() % 2 != 0 {
-            f.mistake(
-                Kind::InvalidParameter,
-                format!(
-                    "takes pairs of column and value, got {} arguments",
-                    args.len()
-                ),
-                &example(),
-            );
-        }
-        let mem = memory();
-        let pairs = args
-            .chunks(2)
-            .enumerate()
-            .map(|(i, pair)| {
-                let col = column(f, f.relid(), &pair[0], 2 * i + 1, &example());
-                let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example());
-                (col, v)
-            })
-            .collect();
-        DefaultConfig {
-            pairs,
-            _memory: mem.keep(),
-        }
-    });
-    let new = new_row(&f);
-    let changes: Changes = cfg
-        .pairs
-        .iter()
-        .filter(|(col, _)| get(&f, new, col.attnum).is_none())
-        .map(|(col, v)| (col, Some(v.datum), None))
-        .collect();
-    Ok(result(&f, apply(&f, new, changes)))
+    Ok(before_rules(trigger, TG_DEFAULT))
 }
 
 // ---------------------------------------------------------------------------
@@ -768,59 +1066,47 @@ struct LinkConfig {
     _memory: Memory,
 }
 
-/// BEFORE INSERT OR UPDATE FOR EACH ROW: `status_col` is `linked_value`
-/// when `fk_col` is set, `unlinked_value` when it is NULL.
-#[pg_trigger]
-fn tg_link_status<'a>(
-    trigger: &'a pgrx::PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired::new(trigger, TG_LINK_STATUS);
+fn link_config(f: &Fired<'_>) -> LinkConfig {
     let example = || {
         f.example(
             "BEFORE INSERT OR UPDATE",
             "'customer_id', 'customer_link_status', 'linked', 'unlinked'",
         )
     };
-    before_row(&f);
-    let cfg = config(&f, |f| {
-        let args = f.args();
-        if args.len() != 4 {
-            f.mistake(
-                Kind::InvalidParameter,
-                format!(
-                    "takes 4 arguments (fk_col, status_col, linked_value, unlinked_value), got {}",
-                    args.len()
-                ),
-                &example(),
-            );
-        }
-        let mem = memory();
-        let fk = column(f, f.relid(), &args[0], 1, &example());
-        let status = column(f, f.relid(), &args[1], 2, &example());
-        let linked = value(f, &status, &args[2], 3, &mem, &example());
-        let unlinked = value(f, &status, &args[3], 4, &mem, &example());
-        let eq = equality(f, &status, &example());
-        LinkConfig {
-            fk,
-            status,
-            linked,
-            unlinked,
-            eq,
-            _memory: mem.keep(),
-        }
-    });
-    let new = new_row(&f);
-    let want = if get(&f, new, cfg.fk.attnum).is_some() {
-        &cfg.linked
-    } else {
-        &cfg.unlinked
-    };
-    let have = get(&f, new, cfg.status.attnum);
-    let changes: Changes<'_> = match have {
-        Some(d) if equal(cfg.eq, cfg.status.collation, d, want.datum) => Changes::new(),
-        _ => smallvec::smallvec![(&cfg.status, Some(want.datum), have)],
-    };
-    Ok(result(&f, apply(&f, new, changes)))
+    let args = f.args();
+    if args.len() != 4 {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "takes 4 arguments (fk_col, status_col, linked_value, unlinked_value), got {}",
+                args.len()
+            ),
+            &example(),
+        );
+    }
+    let mem = memory();
+    let fk = column(f, f.relid(), &args[0], 1, &example());
+    let status = column(f, f.relid(), &args[1], 2, &example());
+    let linked = value(f, &status, &args[2], 3, &mem, &example());
+    let unlinked = value(f, &status, &args[3], 4, &mem, &example());
+    let eq = equality(f, &status, &example());
+    LinkConfig {
+        fk,
+        status,
+        linked,
+        unlinked,
+        eq,
+        _memory: mem.keep(),
+    }
+}
+
+/// BEFORE INSERT OR UPDATE FOR EACH ROW: `status_col` is `linked_value`
+/// when `fk_col` is set, `unlinked_value` when it is NULL.
+#[pg_trigger]
+fn tg_link_status<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
+    Ok(before_rules(trigger, TG_LINK_STATUS))
 }
 
 // ---------------------------------------------------------------------------
@@ -837,6 +1123,83 @@ struct ImpliesConfig {
     _memory: Memory,
 }
 
+fn implies_config(f: &Fired<'_>) -> ImpliesConfig {
+    let example = || {
+        f.example(
+            "BEFORE INSERT OR UPDATE",
+            "'session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct'",
+        )
+    };
+    let args = f.args();
+    if args.len() != 4 && args.len() != 5 {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "takes 4 or 5 arguments (if_col, if_value, then_col, then_value [, 'correct' | 'reject']), got {}",
+                args.len()
+            ),
+            &example(),
+        );
+    }
+    let reject = match args.get(4).map(String::as_str) {
+        None | Some("correct") => false,
+        Some("reject") => true,
+        Some(other) => f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "argument 5 must be 'correct' or 'reject', got {}",
+                literal(other)
+            ),
+            &example(),
+        ),
+    };
+    let mem = memory();
+    let if_col = column(f, f.relid(), &args[0], 1, &example());
+    let if_value = value(f, &if_col, &args[1], 2, &mem, &example());
+    let then_col = column(f, f.relid(), &args[2], 3, &example());
+    let then_value = value(f, &then_col, &args[3], 4, &mem, &example());
+    let if_eq = equality(f, &if_col, &example());
+    let then_eq = equality(f, &then_col, &example());
+    ImpliesConfig {
+        if_col,
+        if_value,
+        if_eq,
+        then_col,
+        then_value,
+        then_eq,
+        reject,
+        _memory: mem.keep(),
+    }
+}
+
+/// The row breaks trigger `f`'s rule and the rule says 'reject': 23514.
+fn implies_rejects(f: &Fired<'_>, cfg: &ImpliesConfig, have: Option<pg_sys::Datum>) -> ! {
+    raise(
+        Kind::CheckViolation,
+        TG_IMPLIES,
+        format!(
+            "row of table {} has {} = {} but {} = {}, not {} (trigger {:?})",
+            f.table(),
+            cfg.if_col.name,
+            literal(&cfg.if_value.text),
+            cfg.then_col.name,
+            have.map_or("NULL".to_string(), |d| literal(&output(
+                cfg.then_col.typid,
+                d
+            ))),
+            literal(&cfg.then_value.text),
+            f.name()
+        ),
+        format!(
+            "Set {} to {} when {} is {}.",
+            cfg.then_col.name,
+            literal(&cfg.then_value.text),
+            cfg.if_col.name,
+            literal(&cfg.if_value.text)
+        ),
+    )
+}
+
 /// BEFORE INSERT OR UPDATE FOR EACH ROW: when `if_col = if_value`,
 /// `then_col` must be `then_value`: corrected (default) or the row refused
 /// with 23514 (`'reject'`).
@@ -844,94 +1207,7 @@ struct ImpliesConfig {
 fn tg_implies<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    let f = Fired::new(trigger, TG_IMPLIES);
-    let example = || {
-        f.example(
-            "BEFORE INSERT OR UPDATE",
-            "'session_outcome', 'appointment_booked', 'appointment_made', 'true', 'correct'",
-        )
-    };
-    before_row(&f);
-    let cfg = config(&f, |f| {
-        let args = f.args();
-        if args.len() != 4 && args.len() != 5 {
-            f.mistake(
-                Kind::InvalidParameter,
-                format!(
-                    "takes 4 or 5 arguments (if_col, if_value, then_col, then_value [, 'correct' | 'reject']), got {}",
-                    args.len()
-                ),
-                &example(),
-            );
-        }
-        let reject = match args.get(4).map(String::as_str) {
-            None | Some("correct") => false,
-            Some("reject") => true,
-            Some(other) => f.mistake(
-                Kind::InvalidParameter,
-                format!(
-                    "argument 5 must be 'correct' or 'reject', got {}",
-                    literal(other)
-                ),
-                &example(),
-            ),
-        };
-        let mem = memory();
-        let if_col = column(f, f.relid(), &args[0], 1, &example());
-        let if_value = value(f, &if_col, &args[1], 2, &mem, &example());
-        let then_col = column(f, f.relid(), &args[2], 3, &example());
-        let then_value = value(f, &then_col, &args[3], 4, &mem, &example());
-        let if_eq = equality(f, &if_col, &example());
-        let then_eq = equality(f, &then_col, &example());
-        ImpliesConfig {
-            if_col,
-            if_value,
-            if_eq,
-            then_col,
-            then_value,
-            then_eq,
-            reject,
-            _memory: mem.keep(),
-        }
-    });
-    let new = new_row(&f);
-    let applies = get(&f, new, cfg.if_col.attnum)
-        .is_some_and(|d| equal(cfg.if_eq, cfg.if_col.collation, d, cfg.if_value.datum));
-    let have = get(&f, new, cfg.then_col.attnum);
-    let holds =
-        have.is_some_and(|d| equal(cfg.then_eq, cfg.then_col.collation, d, cfg.then_value.datum));
-    if !applies || holds {
-        return Ok(result(&f, new));
-    }
-    if cfg.reject {
-        raise(
-            Kind::CheckViolation,
-            TG_IMPLIES,
-            format!(
-                "row of table {} has {} = {} but {} = {}, not {} (trigger {:?})",
-                f.table(),
-                cfg.if_col.name,
-                literal(&cfg.if_value.text),
-                cfg.then_col.name,
-                have.map_or("NULL".to_string(), |d| literal(&output(
-                    cfg.then_col.typid,
-                    d
-                ))),
-                literal(&cfg.then_value.text),
-                f.name()
-            ),
-            format!(
-                "Set {} to {} when {} is {}.",
-                cfg.then_col.name,
-                literal(&cfg.then_value.text),
-                cfg.if_col.name,
-                literal(&cfg.if_value.text)
-            ),
-        );
-    }
-    let changes: Changes<'_> =
-        smallvec::smallvec![(&cfg.then_col, Some(cfg.then_value.datum), have)];
-    Ok(result(&f, apply(&f, new, changes)))
+    Ok(before_rules(trigger, TG_IMPLIES))
 }
 
 // ---------------------------------------------------------------------------
@@ -1367,6 +1643,91 @@ mod tests {
 
     fn text(sql: &str) -> String {
         one::<String>(sql).unwrap_or_else(|| "NULL".into())
+    }
+
+    /// Our BEFORE ROW triggers that fire one after another are enforced
+    /// as a group (NEW formed once); the result must be what the triggers
+    /// give one by one, whatever fires between them.
+    #[pg_test]
+    fn a_group_of_rules_acts_as_its_triggers_one_by_one() {
+        Spi::run(
+            "CREATE TABLE tgg (id int PRIMARY KEY, x text, y text, z text, w text, seen text);
+             -- Fired in name order: a, b (not ours), c, d (WHEN), e.
+             CREATE TRIGGER a BEFORE INSERT OR UPDATE ON tgg FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_default('x', '1');
+             CREATE FUNCTION tgg_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN NEW.seen := concat_ws('/', NEW.x, NEW.y, NEW.z, NEW.w); RETURN NEW; END $$;
+             CREATE TRIGGER b BEFORE INSERT ON tgg FOR EACH ROW EXECUTE FUNCTION tgg_seen();
+             CREATE TRIGGER c BEFORE INSERT OR UPDATE ON tgg FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_link_status('x', 'y', 'linked', 'unlinked');
+             CREATE TRIGGER d BEFORE INSERT OR UPDATE ON tgg FOR EACH ROW WHEN (NEW.z IS NOT NULL)
+               EXECUTE FUNCTION integrity.tg_default('w', 'from d');
+             CREATE TRIGGER e BEFORE INSERT OR UPDATE ON tgg FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_implies('y', 'linked', 'z', 'from e');
+             INSERT INTO tgg (id) VALUES (1);",
+        )
+        .unwrap();
+        // b saw only a's work; d's condition was false when d fired (e set
+        // z after it).
+        assert_eq!(
+            text("SELECT concat_ws(',', x, y, z, coalesce(w, '-'), seen) FROM tgg"),
+            "1,linked,from e,-,1"
+        );
+        // UPDATE: b does not fire, so c, d and e are consecutive; d's WHEN
+        // still keeps it out of any group (z is set now: d fires).
+        Spi::run("UPDATE tgg SET x = NULL, y = 'linked', z = NULL, w = NULL").unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', x, y, coalesce(z, '-'), coalesce(w, '-')) FROM tgg"),
+            "1,linked,from e,-"
+        );
+        // d fires on the given z, which e then corrects.
+        Spi::run("UPDATE tgg SET z = 'given', w = NULL").unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', x, y, z, w) FROM tgg"),
+            "1,linked,from e,from d"
+        );
+        // A disabled trigger is not enforced by the group around it; one
+        // enabled again is.
+        Spi::run(
+            "ALTER TABLE tgg DISABLE TRIGGER c;
+             UPDATE tgg SET x = NULL, y = 'hand', z = NULL",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', x, y, coalesce(z, '-')) FROM tgg"),
+            "1,hand,-"
+        );
+        Spi::run(
+            "ALTER TABLE tgg ENABLE TRIGGER c;
+             UPDATE tgg SET y = 'hand', z = NULL",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', x, y, z) FROM tgg"),
+            "1,linked,from e"
+        );
+        // As a replica, only triggers enabled ALWAYS or REPLICA fire.
+        Spi::run(
+            "ALTER TABLE tgg ENABLE ALWAYS TRIGGER e;
+             SET LOCAL session_replication_role = replica;
+             INSERT INTO tgg (id, y) VALUES (2, 'linked');
+             SET LOCAL session_replication_role = origin;",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT concat_ws(',', coalesce(x, '-'), y, z, coalesce(seen, '-')) FROM tgg WHERE id = 2"),
+            "-,linked,from e,-"
+        );
+        // Each correction is logged under its own trigger.
+        Spi::run("UPDATE tgg SET y = 'wrong', z = 'wrong' WHERE id = 1").unwrap();
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s %s %s>%s', details->>'trigger', details->>'column',
+                                          details->>'before', details->>'after'), '; ' ORDER BY id)
+                 FROM integrity.alerts WHERE details->>'table' = 'public.tgg'"
+            ),
+            "e z given>from e; c y hand>linked; c y wrong>linked; e z wrong>from e"
+        );
     }
 
     #[pg_test]
