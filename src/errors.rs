@@ -32,6 +32,12 @@ pub enum Kind {
     UndefinedColumn,
     /// 42P01: a named table does not exist.
     UndefinedTable,
+    /// 42710: an object of that name exists already.
+    DuplicateObject,
+    /// 42804: a query returns columns of the wrong types.
+    DatatypeMismatch,
+    /// 42601: a statement that must be one query is something else.
+    SyntaxError,
 }
 
 impl Kind {
@@ -49,6 +55,9 @@ impl Kind {
             Kind::TriggerProtocol => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             Kind::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             Kind::UndefinedTable => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            Kind::DuplicateObject => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            Kind::DatatypeMismatch => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            Kind::SyntaxError => PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
         }
     }
 }
@@ -149,4 +158,70 @@ pub fn bug(what: impl std::fmt::Display) -> ! {
     .set_hint("This is a bug in the integrity extension; please report it.")
     .report(PgLogLevel::ERROR);
     unreachable!("ERROR-level report returned")
+}
+
+/// An error caught by `in_subtransaction`: its SQLSTATE and message.
+#[derive(Debug, Clone)]
+pub struct Caught {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+}
+
+impl Caught {
+    /// The five-character SQLSTATE.
+    pub fn sqlstate(&self) -> String {
+        let mut code = self.code as i32;
+        let mut s = String::with_capacity(5);
+        for _ in 0..5 {
+            s.push(((code & 0x3f) as u8 + b'0') as char);
+            code >>= 6;
+        }
+        s
+    }
+
+    /// Raise it again, as it was.
+    pub fn raise_again(&self, function: &'static str) -> ! {
+        ErrorReport::new(self.code, self.message.clone(), function).report(PgLogLevel::ERROR);
+        unreachable!("ERROR-level report returned")
+    }
+}
+
+/// Run `f` in a subtransaction of its own, as a PL/pgSQL exception block
+/// does: an ERROR inside rolls back exactly what `f` did and comes back as
+/// `Err`, with its SQLSTATE and message; on success the subtransaction is
+/// kept. The memory context and resource owner are restored either way.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, Caught> {
+    use pgrx::pg_sys;
+    // SAFETY: the subtransaction is begun and ended here, around `f`; an
+    // error inside is caught by PgTryBuilder before it leaves this frame.
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let f = std::panic::AssertUnwindSafe(f);
+        let r = pgrx::PgTryBuilder::new(move || Ok(f()))
+            .catch_others(|e| Err(caught(e)))
+            .execute();
+        match r {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}
+
+/// The SQLSTATE and message of an error caught by `PgTryBuilder`.
+pub fn caught(e: pgrx::pg_sys::panic::CaughtError) -> Caught {
+    use pgrx::pg_sys::panic::CaughtError;
+    match e {
+        CaughtError::PostgresError(r)
+        | CaughtError::ErrorReport(r)
+        | CaughtError::RustPanic { ereport: r, .. } => Caught {
+            code: r.sql_error_code(),
+            message: r.message().to_string(),
+        },
+    }
 }

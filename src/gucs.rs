@@ -12,6 +12,10 @@ static LOG_CORRECTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Most candidate slots `free_slots` will consider in one call.
 static MAX_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// Longest a consistency check may run in run_checks, in milliseconds
+/// (0: no limit).
+static CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"integrity.max_booking_duration",
@@ -32,6 +36,16 @@ pub fn init() {
         10_000_000,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"integrity.check_timeout",
+        c"Longest one consistency check may run in integrity.run_checks.",
+        c"A check that runs longer is cancelled and reported with SQLSTATE 57014; the others still run. 0 means no limit. Default 30 s.",
+        &CHECK_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"integrity.log_corrections",
@@ -55,4 +69,9 @@ pub fn max_booking_duration_us() -> i128 {
 
 pub fn max_slots() -> i64 {
     MAX_SLOTS.get() as i64
+}
+
+/// `integrity.check_timeout` in milliseconds (0: none).
+pub fn check_timeout_ms() -> i32 {
+    CHECK_TIMEOUT.get()
 }

@@ -22,6 +22,8 @@ mod plans;
 mod access;
 /// Booking: no two active bookings of one resource ever overlap.
 mod booking;
+/// Consistency checks, alerts, health views and the report.
+mod checks;
 /// Idempotency keys: a retried request takes effect once; its response is replayed.
 mod idempotency;
 /// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.

@@ -37,3 +37,21 @@ pub fn json(sql: &str) -> serde_json::Value {
         .expect("query returned a value")
         .0
 }
+
+/// The error message a statement ends with; `""` when it succeeds.
+pub fn error_message(sql: &str) -> String {
+    Spi::run(
+        "CREATE OR REPLACE FUNCTION pg_temp.integrity_message(q text) RETURNS text
+         LANGUAGE plpgsql AS $$
+         BEGIN
+           EXECUTE q;
+           RETURN '';
+         EXCEPTION WHEN OTHERS THEN
+           RETURN SQLERRM;
+         END $$",
+    )
+    .expect("create message helper");
+    Spi::get_one_with_args::<String>("SELECT pg_temp.integrity_message($1)", &[sql.into()])
+        .expect("run message helper")
+        .unwrap_or_default()
+}

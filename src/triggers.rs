@@ -392,42 +392,24 @@ fn column(f: &impl Site, relid: Oid, name: &str, arg: usize, example: &str) -> C
 /// mistake, with the input function's own SQLSTATE and message.
 fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example: &str) -> Value {
     let c = CString::new(text).unwrap_or_default();
-    // SAFETY: the conversion runs in a subtransaction, so an error from the
-    // input function is caught cleanly and the subtransaction rolled back;
-    // the memory context and resource owner are restored after it.
-    let result = unsafe {
-        let old_cxt = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(mem.0);
-        let (typid, typmod) = (col.typid, col.typmod);
-        let r = pgrx::PgTryBuilder::new(move || {
-            let (mut input, mut ioparam) = (Oid::INVALID, Oid::INVALID);
-            pg_sys::getTypeInputInfo(typid, &mut input, &mut ioparam);
-            Ok(pg_sys::OidInputFunctionCall(
-                input,
-                c.as_ptr().cast_mut(),
-                ioparam,
-                typmod,
-            ))
-        })
-        .catch_others(|e| Err(caught(e)))
-        .execute();
-        match r {
-            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
-        }
-        pg_sys::MemoryContextSwitchTo(old_cxt);
-        pg_sys::CurrentResourceOwner = owner;
-        r
-    };
+    let (typid, typmod) = (col.typid, col.typmod);
+    // SAFETY: the input function of the column's type, converting into the
+    // trigger's own memory; an error is caught by the subtransaction.
+    let result = crate::errors::in_subtransaction(|| unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(mem.0);
+        let (mut input, mut ioparam) = (Oid::INVALID, Oid::INVALID);
+        pg_sys::getTypeInputInfo(typid, &mut input, &mut ioparam);
+        let d = pg_sys::OidInputFunctionCall(input, c.as_ptr().cast_mut(), ioparam, typmod);
+        pg_sys::MemoryContextSwitchTo(old);
+        d
+    });
     match result {
         Ok(datum) => Value {
             datum,
             text: text.to_string(),
         },
-        Err((code, message)) => raise_as(
-            code,
+        Err(e) => raise_as(
+            e.code,
             f.func,
             format!(
                 "trigger {:?} on table {}: argument {arg} ({}) is not a value of column {:?}",
@@ -436,21 +418,9 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
                 literal(text),
                 col.name
             ),
-            message,
+            e.message,
             format!("For example: {example}"),
         ),
-    }
-}
-
-/// The equality function of `col`'s type, or the mistake.
-/// The SQLSTATE and message of an error caught by `PgTryBuilder`.
-fn caught(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-            (r.sql_error_code(), r.message().to_string())
-        }
     }
 }
 
@@ -1568,13 +1538,12 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     let prepare = |sql: &str| -> OwnedPreparedStatement {
         with_pinned_settings(|| {
             Spi::connect_mut(|client| {
-                let prepared = pgrx::PgTryBuilder::new(|| Ok(client.prepare_mut(sql, &types)))
-                    .catch_others(|e| Err(caught(e).1))
-                    .execute();
+                let prepared =
+                    crate::errors::in_subtransaction(|| client.prepare_mut(sql, &types));
                 match prepared {
                     Ok(Ok(p)) => p.keep(),
                     Ok(Err(e)) => crate::errors::bug(format!("tg_child_flag prepare: {e}")),
-                    Err(message) => f.mistake(
+                    Err(crate::errors::Caught { message, .. }) => f.mistake(
                         Kind::InvalidParameter,
                         format!(
                             "parent key {:?} of {} and child column {:?} cannot be compared: {message}",
