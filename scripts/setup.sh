@@ -17,7 +17,7 @@ else
 fi
 
 # --- Debian packages -------------------------------------------------------
-pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
+pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib postgresql-$PG_MAJOR-cron
       libclang-dev clang sudo pkg-config libssl-dev make git ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -63,7 +63,11 @@ fn shape(sql: &str, args: &[Oid]) -> Result<Shape, Caught> {
                     crate::errors::bug(format!("SPI_prepare: {code}"));
                 }
                 let list = pg_sys::SPI_plan_get_plan_sources(plan);
-                let n = if list.is_null() { 0 } else { (*list).length as usize };
+                let n = if list.is_null() {
+                    0
+                } else {
+                    (*list).length as usize
+                };
                 let mut shape = Shape {
                     statements: n,
                     select: false,
@@ -276,23 +280,28 @@ fn add_check(
             "query",
             query,
             &ts,
-            Some((&[pg_sys::TEXTOID, pg_sys::JSONBOID], "subject text, details jsonb")),
+            Some((
+                &[pg_sys::TEXTOID, pg_sys::JSONBOID],
+                "subject text, details jsonb",
+            )),
         );
         if let Some(fix) = fix {
             validated(name, "fix", fix, &[pg_sys::TEXTOID, pg_sys::JSONBOID], None);
         }
         if let Some(checked) = checked {
-            validated(name, "checked", checked, &ts, Some((&[pg_sys::INT8OID], "bigint")));
+            validated(
+                name,
+                "checked",
+                checked,
+                &ts,
+                Some((&[pg_sys::INT8OID], "bigint")),
+            );
         }
         uses_first_param(query)
     });
     Spi::connect_mut(|client| {
         let existing = run(client, &CHECK_EXISTS, None, &[name.into()]);
-        let builtin = existing
-            .first()
-            .get_one::<bool>()
-            .ok()
-            .flatten();
+        let builtin = existing.first().get_one::<bool>().ok().flatten();
         match builtin {
             Some(true) => raise(
                 Kind::InvalidParameter,
@@ -614,7 +623,11 @@ static FIXED: Stmt = Stmt {
 static NO_LONGER_FOUND: Stmt = Stmt {
     sql: "UPDATE integrity.alerts SET resolved_at = $3, resolution = 'no longer found'
            WHERE check_name = $1 AND resolved_at IS NULL AND NOT (subject = ANY ($2))",
-    args: &[pg_sys::TEXTOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZOID],
+    args: &[
+        pg_sys::TEXTOID,
+        pg_sys::TEXTARRAYOID,
+        pg_sys::TIMESTAMPTZOID,
+    ],
     writes: true,
 };
 
@@ -683,7 +696,11 @@ fn read_check(client: &pgrx::spi::SpiClient<'_>, name: &str) -> Option<Check> {
 }
 
 /// Run one check's query, fixes and alerts; called in its subtransaction.
-fn check_once(client: &mut pgrx::spi::SpiClient<'_>, c: &Check, now: pg_sys::TimestampTz) -> Outcome {
+fn check_once(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    c: &Check,
+    now: pg_sys::TimestampTz,
+) -> Outcome {
     let mut out = Outcome::default();
     // The user's SQL runs under the check's search_path.
     let (rows, checked) = under_path(&c.search_path, || {
@@ -823,7 +840,10 @@ fn run_checks(
         for name in todo {
             // One run of a check at a time: a second run_checks waits here,
             // then sees the first one's alerts.
-            crate::keys::advisory_lock(crate::keys::lock_key_of([&b"check"[..], name.as_bytes()]), false);
+            crate::keys::advisory_lock(
+                crate::keys::lock_key_of([&b"check"[..], name.as_bytes()]),
+                false,
+            );
             let Some(c) = read_check(client, &name) else {
                 continue; // dropped meanwhile
             };
@@ -842,7 +862,9 @@ fn run_checks(
             let ms = clock.elapsed().as_secs_f64() * 1000.0;
             let (out, error) = match result {
                 Ok(out) => (Some(out), None),
-                Err(e) if e.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED && !deadline.passed(&e) => {
+                Err(e)
+                    if e.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED && !deadline.passed(&e) =>
+                {
                     // The caller's cancel or timeout: stop everything.
                     e.raise_again(RUN_CHECKS)
                 }
@@ -944,16 +966,31 @@ mod tests {
         // The parser's own words come through.
         let e = error_message("SELECT integrity.add_check('a', 'SELEC 1')");
         assert!(e.contains("syntax error at or near \"SELEC\""), "{e}");
-        assert_eq!(sqlstate(&format!("SELECT integrity.add_check('a', {ok})")), "00000");
-        assert_eq!(sqlstate(&format!("SELECT integrity.add_check('a', {ok})")), "42710");
+        assert_eq!(
+            sqlstate(&format!("SELECT integrity.add_check('a', {ok})")),
+            "00000"
+        );
+        assert_eq!(
+            sqlstate(&format!("SELECT integrity.add_check('a', {ok})")),
+            "42710"
+        );
         let replaced = json(&format!(
             "SELECT integrity.add_check('a', {ok}, severity => 'critical', replace => true)"
         ));
         assert_eq!(replaced["replaced"], true);
         assert_eq!(replaced["incremental"], false);
-        assert_eq!(text("SELECT severity FROM integrity.checks WHERE name = 'a'"), "critical");
-        assert_eq!(one::<bool>("SELECT integrity.disable_check('a')"), Some(true));
-        assert_eq!(one::<bool>("SELECT integrity.enable_check('nope')"), Some(false));
+        assert_eq!(
+            text("SELECT severity FROM integrity.checks WHERE name = 'a'"),
+            "critical"
+        );
+        assert_eq!(
+            one::<bool>("SELECT integrity.disable_check('a')"),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>("SELECT integrity.enable_check('nope')"),
+            Some(false)
+        );
         assert_eq!(one::<bool>("SELECT integrity.drop_check('a')"), Some(true));
         assert_eq!(one::<bool>("SELECT integrity.drop_check('a')"), Some(false));
     }
@@ -972,8 +1009,10 @@ mod tests {
         // Registered under chk_s, run from another search_path.
         assert_eq!(run("negative"), "2/2/0/0/ok");
         assert_eq!(
-            text("SELECT string_agg(subject || ':' || (details->>'balance'), ',' ORDER BY subject)
-                    FROM integrity.alerts WHERE check_name = 'negative' AND resolved_at IS NULL"),
+            text(
+                "SELECT string_agg(subject || ':' || (details->>'balance'), ',' ORDER BY subject)
+                    FROM integrity.alerts WHERE check_name = 'negative' AND resolved_at IS NULL"
+            ),
             "2:-5,3:-7"
         );
         // Within the throttle: bumped, not alerted again.
@@ -1000,16 +1039,27 @@ mod tests {
         Spi::run("UPDATE integrity.checks SET throttle = '0' WHERE name = 'negative'").unwrap();
         assert_eq!(run("negative"), "2/2/0/0/ok");
         // resolve_alert: ok, already resolved, not found, NULL.
-        let id = one::<i64>("SELECT id FROM integrity.alerts WHERE check_name = 'negative' AND subject = '2'").unwrap();
-        assert_eq!(json(&format!("SELECT integrity.resolve_alert({id}, 'refunded')"))["ok"], true);
+        let id = one::<i64>(
+            "SELECT id FROM integrity.alerts WHERE check_name = 'negative' AND subject = '2'",
+        )
+        .unwrap();
+        assert_eq!(
+            json(&format!("SELECT integrity.resolve_alert({id}, 'refunded')"))["ok"],
+            true
+        );
         assert_eq!(
             json(&format!("SELECT integrity.resolve_alert({id})"))["reason"],
             "already_resolved"
         );
-        assert_eq!(json("SELECT integrity.resolve_alert(-1)")["reason"], "not_found");
+        assert_eq!(
+            json("SELECT integrity.resolve_alert(-1)")["reason"],
+            "not_found"
+        );
         assert_eq!(sqlstate("SELECT integrity.resolve_alert(NULL)"), "22004");
         assert_eq!(
-            text(&format!("SELECT resolution FROM integrity.alerts WHERE id = {id}")),
+            text(&format!(
+                "SELECT resolution FROM integrity.alerts WHERE id = {id}"
+            )),
             "refunded"
         );
         // A hand-resolved subject found again is a new alert (and, with no
@@ -1057,12 +1107,17 @@ mod tests {
         // First run: $1 is -infinity, all rows.
         assert_eq!(run("booked_not_made"), "1/1/0/0/ok");
         assert_eq!(
-            one::<i64>("SELECT checked FROM integrity.check_runs WHERE check_name = 'booked_not_made'"),
+            one::<i64>(
+                "SELECT checked FROM integrity.check_runs WHERE check_name = 'booked_not_made'"
+            ),
             Some(2)
         );
         // Later runs look only at rows since the last successful run; an
         // incremental check does not resolve what it no longer sees.
-        Spi::run("INSERT INTO chk_calls (id, booked, made) VALUES (3, true, false), (4, true, true)").unwrap();
+        Spi::run(
+            "INSERT INTO chk_calls (id, booked, made) VALUES (3, true, false), (4, true, true)",
+        )
+        .unwrap();
         assert_eq!(run("booked_not_made"), "1/1/0/0/ok");
         assert_eq!(
             text("SELECT string_agg(checked::text, ',' ORDER BY id) FROM integrity.check_runs WHERE check_name = 'booked_not_made'"),
@@ -1079,7 +1134,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run("booked_not_made"), "2/0/2/0/ok");
-        assert_eq!(one::<i64>("SELECT count(*) FROM chk_calls WHERE booked AND NOT made"), Some(0));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM chk_calls WHERE booked AND NOT made"),
+            Some(0)
+        );
         assert_eq!(
             text("SELECT string_agg(subject || ' ' || auto_corrected || ' ' || resolution, ',' ORDER BY id)
                     FROM integrity.alerts WHERE check_name = 'booked_not_made'"),
@@ -1113,8 +1171,14 @@ mod tests {
                FROM integrity.run_checks(ARRAY['a_divides', 'b_sleeps', 'c_fine'])",
         );
         assert_eq!(out, "a_divides 22012 -, b_sleeps 57014 -, c_fine ok 1");
-        assert!(started.elapsed().as_secs() < 4, "the slow check was not cut off");
-        assert!(text("SELECT last_error FROM integrity.checks WHERE name = 'b_sleeps'").contains("check_timeout"));
+        assert!(
+            started.elapsed().as_secs() < 4,
+            "the slow check was not cut off"
+        );
+        assert!(
+            text("SELECT last_error FROM integrity.checks WHERE name = 'b_sleeps'")
+                .contains("check_timeout")
+        );
         assert_eq!(
             text("SELECT status FROM integrity.check_status WHERE name = 'a_divides'"),
             "error"
@@ -1125,7 +1189,8 @@ mod tests {
             "c_fine"
         );
         // A NULL subject fails that check, with 22004.
-        Spi::run("SELECT integrity.add_check('d_null', 'SELECT NULL::text, ''{}''::jsonb')").unwrap();
+        Spi::run("SELECT integrity.add_check('d_null', 'SELECT NULL::text, ''{}''::jsonb')")
+            .unwrap();
         assert_eq!(run("d_null"), "-/0/0/0/22004");
         // The built-in checks run clean on empty tables.
         assert_eq!(run("integrity.overlapping_bookings"), "0/0/0/0/ok");

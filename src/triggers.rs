@@ -299,7 +299,10 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
             .filter(|(_, (r, _))| relid == Oid::INVALID || *r == relid)
             .map(|(k, _)| *k)
             .collect();
-        keys.into_iter().filter_map(|k| g.remove(&k)).map(|(_, g)| g).collect()
+        keys.into_iter()
+            .filter_map(|k| g.remove(&k))
+            .map(|(_, g)| g)
+            .collect()
     });
     drop(groups);
     drop(gone);
@@ -890,7 +893,10 @@ fn group(f: &Fired<'_>) -> Rc<Group> {
     }
     watch();
     let all = triggers(f);
-    let me = all.iter().position(|t| t.tgoid == key.0).unwrap_or(usize::MAX);
+    let me = all
+        .iter()
+        .position(|t| t.tgoid == key.0)
+        .unwrap_or(usize::MAX);
     let mut members = vec![(me, key.0, Rule::of(f))];
     // SAFETY: a catalog lookup by OID.
     let ns = unsafe { pg_sys::get_func_namespace(f.trigger().tgfoid) };
@@ -1538,8 +1544,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     let prepare = |sql: &str| -> OwnedPreparedStatement {
         with_pinned_settings(|| {
             Spi::connect_mut(|client| {
-                let prepared =
-                    crate::errors::in_subtransaction(|| client.prepare_mut(sql, &types));
+                let prepared = crate::errors::in_subtransaction(|| client.prepare_mut(sql, &types));
                 match prepared {
                     Ok(Ok(p)) => p.keep(),
                     Ok(Err(e)) => crate::errors::bug(format!("tg_child_flag prepare: {e}")),
