@@ -4,15 +4,17 @@
 #   bash scripts/bench.sh               booking (bench/run.rs; env: see there)
 #   bash scripts/bench.sh idempotency   idempotency keys (bench/idempotency.rs)
 #   bash scripts/bench.sh triggers      trigger functions (bench/triggers.rs)
+#   bash scripts/bench.sh checks        consistency checks (bench/checks.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 install_extension
-cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers
+cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers --example bench_checks
 case "${1:-booking}" in
   booking) shift || true; exec ./target/release/examples/bench "$@" ;;
   idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
   triggers) shift; exec ./target/release/examples/bench_triggers "$@" ;;
+  checks) shift; exec ./target/release/examples/bench_checks "$@" ;;
   *) exec ./target/release/examples/bench "$@" ;;
 esac

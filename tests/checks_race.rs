@@ -39,7 +39,10 @@ fn concurrent_run_checks_raise_each_alert_once() {
                 barrier.wait();
                 for _ in 0..RUNS {
                     for row in c
-                        .query("SELECT check_name, new_alerts, error FROM integrity.run_checks()", &[])
+                        .query(
+                            "SELECT check_name, new_alerts, error FROM integrity.run_checks()",
+                            &[],
+                        )
                         .unwrap()
                     {
                         let (name, error): (String, Option<String>) = (row.get(0), row.get(2));
@@ -69,7 +72,11 @@ fn concurrent_run_checks_raise_each_alert_once() {
     let (rows, subjects, lo, hi, open): (i64, i64, i32, i32, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     assert_eq!((rows, subjects, open), (SUBJECTS, SUBJECTS, SUBJECTS));
-    assert_eq!((lo as i64, hi as i64), (runs, runs), "occurrences per alert");
+    assert_eq!(
+        (lo as i64, hi as i64),
+        (runs, runs),
+        "occurrences per alert"
+    );
     // Throttle 0: still one alert row per subject, raised again by every run.
     let row = c
         .query_one(
@@ -77,7 +84,10 @@ fn concurrent_run_checks_raise_each_alert_once() {
             &[],
         )
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1) as i64), (50, runs));
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i32>(1) as i64),
+        (50, runs)
+    );
     let row = c
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE error IS NULL) FROM integrity.check_runs
@@ -86,7 +96,9 @@ fn concurrent_run_checks_raise_each_alert_once() {
         )
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (runs, runs));
-    println!("checks race: {CLIENTS} clients x {RUNS} runs: {SUBJECTS} alerts, each seen {runs} times");
+    println!(
+        "checks race: {CLIENTS} clients x {RUNS} runs: {SUBJECTS} alerts, each seen {runs} times"
+    );
 }
 
 fn pg_cron_installed() -> bool {
@@ -132,11 +144,14 @@ fn run_checks_on_a_pg_cron_schedule() {
         assert!(
             started.elapsed() < Duration::from_secs(150),
             "pg_cron did not run run_checks() within 150 s: {:?}",
-            c.query("SELECT status, return_message FROM cron.job_run_details", &[])
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)))
-                .collect::<Vec<_>>()
+            c.query(
+                "SELECT status, return_message FROM cron.job_run_details",
+                &[]
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)))
+            .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_secs(1));
     }
