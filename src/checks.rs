@@ -30,6 +30,19 @@ pgrx::extension_sql_file!(
     name = "checks",
     requires = ["alerts", "booking_tables", "idempotency_tables"]
 );
+pgrx::extension_sql_file!(
+    "../sql/checks_api.sql",
+    name = "checks_api",
+    requires = [
+        "checks",
+        add_check,
+        run_checks,
+        resolve_alert,
+        enable_check,
+        disable_check,
+        drop_check
+    ]
+);
 
 const ADD_CHECK: &str = "integrity.add_check";
 const RUN_CHECKS: &str = "integrity.run_checks";
