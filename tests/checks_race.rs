@@ -168,3 +168,55 @@ fn run_checks_on_a_pg_cron_schedule() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A check's own timeout is reported in its row; the caller's
+/// `statement_timeout` still ends the whole call, also after checks that
+/// armed their own deadline (it is restored after each).
+#[test]
+fn timeouts_of_checks_and_of_the_caller() {
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    let mut add = String::new();
+    for i in 0..12 {
+        add += &format!(
+            "SELECT integrity.add_check('nap_{i:02}', 'SELECT s::text, ''{{}}''::jsonb FROM pg_sleep(0.15) s WHERE s::text = ''never''');"
+        );
+    }
+    c.batch_execute(&format!(
+        "{add} SELECT integrity.add_check('long', 'SELECT pg_sleep(3)::text, ''{{}}''::jsonb');"
+    ))
+    .unwrap();
+    // The check's deadline (200 ms) comes first: reported, the call goes on.
+    c.batch_execute("SET statement_timeout = '10s'; SET integrity.check_timeout = '200ms'")
+        .unwrap();
+    let row = c
+        .query_one(
+            "SELECT sqlstate, error FROM integrity.run_checks(ARRAY['long'])",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("57014"));
+    // Twelve checks of 150 ms each finish within their own 200 ms, but
+    // not within the caller's 1.5 s: the call is cancelled.
+    c.batch_execute("SET statement_timeout = '1500ms'").unwrap();
+    let started = Instant::now();
+    let e = c
+        .query("SELECT * FROM integrity.run_checks(ARRAY(SELECT name FROM integrity.checks WHERE name LIKE 'nap_%'))", &[])
+        .unwrap_err();
+    assert_eq!(common::sqlstate::<()>(&Err(e)), "57014");
+    let took = started.elapsed().as_secs_f64();
+    assert!((1.4..1.8).contains(&took), "cancelled after {took:.2} s");
+    // The caller's deadline first: the whole call stops, not just the check.
+    c.batch_execute("SET statement_timeout = '300ms'; SET integrity.check_timeout = '10s'")
+        .unwrap();
+    let e = c
+        .query("SELECT * FROM integrity.run_checks(ARRAY['long'])", &[])
+        .unwrap_err();
+    assert_eq!(common::sqlstate::<()>(&Err(e)), "57014");
+    c.batch_execute("RESET statement_timeout").unwrap();
+    let runs: i64 = c
+        .query_one("SELECT count(*) FROM integrity.check_runs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "only the first call's run was kept");
+}
