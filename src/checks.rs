@@ -251,11 +251,11 @@ fn add_check(
     let auto_fix = auto_fix.unwrap_or(false);
     let replace = replace.unwrap_or(false);
     let search_path = required(search_path, ADD_CHECK, "search_path");
-    if name.trim().is_empty() {
+    if name.trim().is_empty() || name.len() > 200 {
         raise(
             Kind::InvalidParameter,
             ADD_CHECK,
-            "name must not be empty",
+            format!("name must be 1 to 200 bytes, got {}", name.len()),
             "Name the check, e.g. 'calls_booked_without_appointment'.",
         );
     }
@@ -971,6 +971,10 @@ mod tests {
             (format!("SELECT integrity.add_check('integrity.overlapping_bookings', {ok}, replace => true)"), "22023"),
             ("SELECT integrity.drop_check('integrity.overlapping_bookings')".to_string(), "22023"),
             ("SELECT integrity.drop_check(NULL)".to_string(), "22004"),
+            ("SELECT integrity.enable_check(NULL)".to_string(), "22004"),
+            ("SELECT integrity.disable_check(NULL)".to_string(), "22004"),
+            (format!("SELECT integrity.add_check(repeat('n', 201), {ok})"), "22023"),
+            (format!("SELECT integrity.add_check('a', {ok}, throttle => NULL, search_path => NULL)"), "22004"),
             ("SELECT integrity.run_checks(ARRAY['no such check'])".to_string(), "42704"),
             ("SELECT integrity.run_checks(ARRAY[NULL])".to_string(), "22004"),
         ] {
