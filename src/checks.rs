@@ -558,20 +558,31 @@ static READ_CHECK: Stmt = Stmt {
     writes: false,
 };
 
+/// A violation found: (check, subject, details, severity, now).
+const FOUND: &[Oid] = &[
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::JSONBOID,
+    pg_sys::TEXTOID,
+    pg_sys::TIMESTAMPTZOID,
+];
+/// `FOUND` and the check's throttle.
+const FOUND_THROTTLED: &[Oid] = &[
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::JSONBOID,
+    pg_sys::TEXTOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::INTERVALOID,
+];
+
 static BUMP_OPEN: Stmt = Stmt {
     sql: "UPDATE integrity.alerts
              SET last_seen_at = $5, occurrences = occurrences + 1, details = $3, severity = $4,
                  alerted_at = CASE WHEN alerted_at <= $5 - $6 THEN $5 ELSE alerted_at END
            WHERE check_name = $1 AND subject = $2 AND resolved_at IS NULL
        RETURNING alerted_at = $5",
-    args: &[
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::JSONBOID,
-        pg_sys::TEXTOID,
-        pg_sys::TIMESTAMPTZOID,
-        pg_sys::INTERVALOID,
-    ],
+    args: FOUND_THROTTLED,
     writes: true,
 };
 
@@ -586,14 +597,7 @@ static REOPEN: Stmt = Stmt {
                           AND resolved_at > $5 - $6
                         ORDER BY resolved_at DESC LIMIT 1)
        RETURNING id",
-    args: &[
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::JSONBOID,
-        pg_sys::TEXTOID,
-        pg_sys::TIMESTAMPTZOID,
-        pg_sys::INTERVALOID,
-    ],
+    args: FOUND_THROTTLED,
     writes: true,
 };
 
@@ -602,13 +606,7 @@ static RAISE_ALERT: Stmt = Stmt {
               (check_name, subject, details, severity, detected_at, last_seen_at, alerted_at, org_id)
           VALUES ($1, $2, $3, $4, $5, $5, $5,
                   CASE WHEN $3 ->> 'org_id' ~ '^[0-9a-fA-F-]{36}$' THEN ($3 ->> 'org_id')::uuid END)",
-    args: &[
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::JSONBOID,
-        pg_sys::TEXTOID,
-        pg_sys::TIMESTAMPTZOID,
-    ],
+    args: FOUND,
     writes: true,
 };
 
@@ -623,13 +621,7 @@ static FIXED: Stmt = Stmt {
                auto_corrected, resolved_at, resolution, org_id)
           VALUES ($1, $2, $3, $4, $5, $5, $5, true, $5, 'auto-fixed',
                   CASE WHEN $3 ->> 'org_id' ~ '^[0-9a-fA-F-]{36}$' THEN ($3 ->> 'org_id')::uuid END)",
-    args: &[
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::JSONBOID,
-        pg_sys::TEXTOID,
-        pg_sys::TIMESTAMPTZOID,
-    ],
+    args: FOUND,
     writes: true,
 };
 
@@ -927,16 +919,8 @@ fn run_checks(
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::{error_message, json, sqlstate};
+    use crate::testutil::{error_message, json, one, sqlstate, text};
     use pgrx::prelude::*;
-
-    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
-        Spi::get_one::<T>(sql).unwrap()
-    }
-
-    fn text(sql: &str) -> String {
-        one::<String>(sql).unwrap_or_else(|| "NULL".into())
-    }
 
     /// run_checks for `name`, as "violations/new/fixed/resolved/sqlstate".
     fn run(name: &str) -> String {

@@ -55,3 +55,13 @@ pub fn error_message(sql: &str) -> String {
         .expect("run message helper")
         .unwrap_or_default()
 }
+
+/// The one value a query returns.
+pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::get_one::<T>(sql).expect("query ran")
+}
+
+/// The one text a query returns, `"NULL"` for NULL.
+pub fn text(sql: &str) -> String {
+    one::<String>(sql).unwrap_or_else(|| "NULL".into())
+}

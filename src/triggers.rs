@@ -1608,16 +1608,8 @@ fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::sqlstate;
+    use crate::testutil::{one, sqlstate, text};
     use pgrx::prelude::*;
-
-    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
-        Spi::get_one::<T>(sql).unwrap()
-    }
-
-    fn text(sql: &str) -> String {
-        one::<String>(sql).unwrap_or_else(|| "NULL".into())
-    }
 
     /// Our BEFORE ROW triggers that fire one after another are enforced
     /// as a group (NEW formed once); the result must be what the triggers
