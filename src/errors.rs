@@ -38,6 +38,8 @@ pub enum Kind {
     DatatypeMismatch,
     /// 42601: a statement that must be one query is something else.
     SyntaxError,
+    /// 40001: the transaction's snapshot cannot see what it must; retry.
+    SerializationFailure,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
             Kind::DuplicateObject => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             Kind::DatatypeMismatch => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
             Kind::SyntaxError => PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            Kind::SerializationFailure => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
         }
     }
 }

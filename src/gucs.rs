@@ -16,6 +16,13 @@ static MAX_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// (0: no limit).
 static CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
+/// Backoff of a failed delivery without a schedule: the first retry waits
+/// up to this, each next one twice as long (milliseconds).
+static RETRY_BASE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// The longest a backoff grows (milliseconds).
+static RETRY_CAP: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"integrity.max_booking_duration",
@@ -47,6 +54,26 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"integrity.retry_base",
+        c"Backoff base of a failed delivery: retry n waits a random time up to retry_base * 2^(n-1), capped by retry_cap.",
+        c"Used by integrity.fail without retry_in when the event type has no retry schedule. Default 10 s.",
+        &RETRY_BASE,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"integrity.retry_cap",
+        c"The longest a delivery's backoff grows.",
+        c"Default 1 h.",
+        &RETRY_CAP,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_bool_guc(
         c"integrity.log_corrections",
         c"Whether integrity's trigger functions log each correction to integrity.alerts.",
@@ -74,4 +101,9 @@ pub fn max_slots() -> i64 {
 /// `integrity.check_timeout` in milliseconds (0: none).
 pub fn check_timeout_ms() -> i32 {
     CHECK_TIMEOUT.get()
+}
+
+/// `integrity.retry_base` and `integrity.retry_cap`, in milliseconds.
+pub fn retry_backoff_ms() -> (i64, i64) {
+    (RETRY_BASE.get() as i64, RETRY_CAP.get() as i64)
 }

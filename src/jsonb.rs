@@ -62,6 +62,12 @@ impl Jsonb {
         Jsonb(unsafe { pg_sys::SPI_datumTransfer(datum, false, -1) })
     }
 
+    /// This value, read from an SPI row, copied out of SPI's memory (as
+    /// `from_spi`).
+    pub fn kept(self) -> Jsonb {
+        Jsonb::from_spi(self.0)
+    }
+
     /// Postgres's text form of the value (`jsonb_out`): keys sorted,
     /// normalised spacing.
     pub fn text(&self) -> String {

@@ -24,10 +24,14 @@ mod access;
 mod booking;
 /// Consistency checks, alerts, health views and the report.
 mod checks;
+/// The delivery log: webhooks and jobs with leases, retries, ordering keys, dead letters.
+mod deliveries;
 /// Idempotency keys: a retried request takes effect once; its response is replayed.
 mod idempotency;
 /// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
 mod keys;
+/// The manual review queue.
+mod review;
 /// Trigger functions that keep the user's own tables consistent, with corrections logged.
 mod triggers;
 

@@ -1,0 +1,1101 @@
+//! The delivery log: webhooks in and out, and jobs, in the caller's
+//! transaction (the transactional outbox), handed to workers under leases,
+//! retried with backoff, dead-lettered after their last attempt.
+//!
+//! * `enqueue` dedupes by `(org_id, job_id)` and notifies
+//!   `integrity_deliveries`.
+//! * `claim` first rescues expired leases (the attempt is spent; the last
+//!   one dead-letters), then hands out due deliveries with `FOR UPDATE SKIP
+//!   LOCKED`, each with a fresh lease token. A delivery with an ordering key
+//!   is claimable only while it is the first unfinished one of its key, so a
+//!   key's deliveries go one at a time, in enqueue order; enqueues of one key
+//!   take the key's lock, so enqueue order is commit order.
+//! * `complete` and `fail` settle an attempt; with the lease token they
+//!   refuse (as data) an attempt whose lease was lost to another worker.
+
+use crate::errors::{raise, required, Kind};
+use crate::gucs;
+use crate::jsonb::{Builder, Jsonb};
+use crate::keys::{advisory_lock, lock_key_of, uuid_text};
+use crate::plans::{read, run, Stmt};
+use pgrx::datum::{Interval, TimestampWithTimeZone, Uuid};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pgrx::extension_sql_file!(
+    "../sql/deliveries.sql",
+    name = "deliveries_tables",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/deliveries_api.sql",
+    name = "deliveries_api",
+    requires = [
+        "deliveries_tables",
+        enqueue,
+        claim,
+        complete,
+        fail,
+        requeue,
+        redrive,
+        purge_deliveries,
+        set_retry_schedule
+    ]
+);
+
+const MAX_LEASE_US: i64 = 24 * 3600 * 1_000_000;
+
+fn nonempty<'a>(function: &'static str, arg: &'static str, v: Option<&'a str>) -> &'a str {
+    let v = required(v, function, arg);
+    if v.is_empty() || v.len() > 255 {
+        raise(
+            Kind::InvalidParameter,
+            function,
+            format!("{arg} must be 1 to 255 bytes, got {}", v.len()),
+            format!("Pass a non-empty {arg} of at most 255 bytes."),
+        );
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------
+// enqueue
+
+static ENQUEUE: Stmt = Stmt {
+    sql: "INSERT INTO integrity.deliveries
+              (org_id, job_id, event_type, payload, max_attempts, next_attempt_at, priority,
+               ordering_key, review_on_dead_letter)
+          VALUES ($1, $2, $3, $4, $5, COALESCE($6, pg_catalog.now()), $7, $8, $9)
+          ON CONFLICT (org_id, job_id) DO NOTHING
+          RETURNING id",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::JSONBOID,
+        pg_sys::INT4OID,
+        pg_sys::TIMESTAMPTZOID,
+        pg_sys::INT4OID,
+        pg_sys::TEXTOID,
+        pg_sys::BOOLOID,
+    ],
+    writes: true,
+};
+
+static EXISTING: Stmt = Stmt {
+    sql: "SELECT id FROM integrity.deliveries WHERE org_id = $1 AND job_id = $2",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID],
+    writes: false,
+};
+
+static NOTIFY: Stmt = Stmt {
+    sql: "SELECT pg_catalog.pg_notify('integrity_deliveries', $1)",
+    args: &[pg_sys::TEXTOID],
+    writes: false,
+};
+
+/// Record a delivery in the caller's transaction: `{"id":…,"duplicate":
+/// bool}`; the same `(org_id, job_id)` again is the first one's id.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn enqueue(
+    org_id: Option<Uuid>,
+    job_id: Option<&str>,
+    event_type: Option<&str>,
+    payload: Option<Jsonb>,
+    max_attempts: default!(Option<i32>, "5"),
+    run_at: default!(Option<TimestampWithTimeZone>, "now()"),
+    ordering_key: default!(Option<&str>, "NULL"),
+    priority: default!(Option<i32>, "0"),
+    review_on_dead_letter: default!(Option<bool>, "false"),
+) -> Jsonb {
+    const F: &str = "integrity.enqueue";
+    let org_id = required(org_id, F, "org_id");
+    let job_id = nonempty(F, "job_id", job_id);
+    let event_type = nonempty(F, "event_type", event_type);
+    let payload = required(payload, F, "payload");
+    let max_attempts = required(max_attempts, F, "max_attempts");
+    if !(1..=1000).contains(&max_attempts) {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("max_attempts must be between 1 and 1000, got {max_attempts}"),
+            "Pass max_attempts => 5 (the default) or another count of tries.",
+        );
+    }
+    if let Some(k) = ordering_key {
+        nonempty(F, "ordering_key", Some(k));
+    }
+    let (id, duplicate) = Spi::connect_mut(|client| {
+        if let Some(k) = ordering_key {
+            // Enqueues of one key take turns, so ids follow commit order.
+            let org = uuid_text(org_id.as_bytes());
+            advisory_lock(
+                lock_key_of([&b"delivery-order"[..], &org[..], k.as_bytes()]),
+                false,
+            );
+        }
+        let t = run(
+            client,
+            &ENQUEUE,
+            None,
+            &[
+                org_id.into(),
+                job_id.into(),
+                event_type.into(),
+                payload.into(),
+                max_attempts.into(),
+                run_at.into(),
+                priority.unwrap_or(0).into(),
+                ordering_key.into(),
+                review_on_dead_letter.unwrap_or(false).into(),
+            ],
+        );
+        match t.first().get::<i64>(1).ok().flatten() {
+            Some(id) => {
+                read(client, &NOTIFY, None, &[event_type.into()]);
+                (id, false)
+            }
+            None => {
+                let t = read(client, &EXISTING, None, &[org_id.into(), job_id.into()]);
+                let id = t.first().get::<i64>(1).ok().flatten().unwrap_or_else(|| {
+                    raise(
+                        Kind::SerializationFailure,
+                        F,
+                        format!("delivery {job_id:?} exists but is not visible to this transaction's snapshot"),
+                        "Retry the transaction.",
+                    )
+                });
+                (id, true)
+            }
+        }
+    });
+    Builder::new()
+        .begin_object()
+        .key("id")
+        .int(id)
+        .key("duplicate")
+        .bool(duplicate)
+        .end()
+        .finish()
+}
+
+// ---------------------------------------------------------------------------
+// claim
+
+/// Leases that ran out: the attempt is spent; a delivery out of attempts is
+/// dead-lettered, the others are due again at once.
+static RESCUE: Stmt = Stmt {
+    sql: "WITH expired AS (
+              SELECT id FROM integrity.deliveries
+               WHERE status = 'processing' AND locked_until <= pg_catalog.now()
+               ORDER BY locked_until LIMIT 100
+               FOR UPDATE SKIP LOCKED)
+          UPDATE integrity.deliveries d
+             SET status = CASE WHEN d.attempts >= d.max_attempts THEN 'dead_letter'
+                               ELSE 'failed' END::integrity.delivery_status,
+                 dead_at = CASE WHEN d.attempts >= d.max_attempts THEN pg_catalog.now() END,
+                 next_attempt_at = pg_catalog.now(),
+                 last_error = 'lease expired (worker ' || COALESCE(d.worker, '?') || ')',
+                 locked_until = NULL, lease_token = NULL
+            FROM expired WHERE d.id = expired.id
+          RETURNING d.id, d.status = 'dead_letter' AND d.review_on_dead_letter",
+    args: &[],
+    writes: true,
+};
+
+static CLAIM: Stmt = Stmt {
+    sql: "WITH due AS (
+              SELECT d.id FROM integrity.deliveries d
+               WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= pg_catalog.now()
+                 AND ($3::text[] IS NULL OR d.event_type = ANY ($3))
+                 AND (d.ordering_key IS NULL OR d.id = (
+                      SELECT k.id FROM integrity.deliveries k
+                       WHERE k.org_id = d.org_id AND k.ordering_key = d.ordering_key
+                         AND k.status NOT IN ('completed', 'dead_letter')
+                       ORDER BY k.id LIMIT 1))
+               ORDER BY d.priority DESC, d.id
+               LIMIT $4
+               FOR UPDATE SKIP LOCKED)
+          UPDATE integrity.deliveries d
+             SET status = 'processing', attempts = d.attempts + 1,
+                 locked_until = pg_catalog.now() + $2, worker = $1,
+                 lease_token = pg_catalog.gen_random_uuid(), last_attempt_at = pg_catalog.now()
+            FROM due WHERE d.id = due.id
+          RETURNING d.id, d.org_id, d.job_id, d.event_type, d.payload, d.status::text, d.attempts,
+                    d.max_attempts, d.priority, d.ordering_key, d.next_attempt_at, d.locked_until,
+                    d.worker, d.lease_token, d.created_at, d.last_attempt_at",
+    args: &[
+        pg_sys::TEXTOID,
+        pg_sys::INTERVALOID,
+        pg_sys::TEXTARRAYOID,
+        pg_sys::INT4OID,
+    ],
+    writes: true,
+};
+
+/// Hand up to `batch` due deliveries to `worker` under a lease: each to
+/// exactly one worker, highest priority then oldest; an ordering key's
+/// deliveries one at a time in enqueue order.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn claim(
+    worker: Option<&str>,
+    batch: default!(Option<i32>, "1"),
+    lease: default!(Option<Interval>, "'30 seconds'"),
+    event_types: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(id, i64),
+        name!(org_id, Uuid),
+        name!(job_id, String),
+        name!(event_type, String),
+        name!(payload, Option<Jsonb>),
+        name!(status, String),
+        name!(attempts, i32),
+        name!(max_attempts, i32),
+        name!(priority, i32),
+        name!(ordering_key, Option<String>),
+        name!(next_attempt_at, Option<TimestampWithTimeZone>),
+        name!(locked_until, Option<TimestampWithTimeZone>),
+        name!(worker, Option<String>),
+        name!(lease_token, Option<Uuid>),
+        name!(created_at, Option<TimestampWithTimeZone>),
+        name!(last_attempt_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    const F: &str = "integrity.claim";
+    let worker = nonempty(F, "worker", worker);
+    let batch = required(batch, F, "batch");
+    if !(1..=1000).contains(&batch) {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("batch must be between 1 and 1000, got {batch}"),
+            "Claim a few deliveries at a time, e.g. batch => 10.",
+        );
+    }
+    let lease = required(lease, F, "lease");
+    let us = lease.as_micros();
+    if us <= 0 || us > MAX_LEASE_US as i128 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("lease must be above zero and at most 24 hours, got {lease}"),
+            "Pass the time a worker needs for one delivery, e.g. lease => '30 seconds'.",
+        );
+    }
+    let rows = Spi::connect_mut(|client| {
+        rescue(client);
+        let t = run(
+            client,
+            &CLAIM,
+            None,
+            &[
+                worker.into(),
+                lease.into(),
+                event_types.into(),
+                batch.into(),
+            ],
+        );
+        t.map(|r| {
+            let text = |i: usize| r.get::<String>(i).ok().flatten();
+            let int = |i: usize| r.get::<i32>(i).ok().flatten().unwrap_or_default();
+            let ts = |i: usize| r.get::<TimestampWithTimeZone>(i).ok().flatten();
+            (
+                r.get::<i64>(1).ok().flatten().unwrap_or_default(),
+                r.get::<Uuid>(2)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| crate::errors::bug("delivery org_id")),
+                text(3).unwrap_or_default(),
+                text(4).unwrap_or_default(),
+                r.get::<Jsonb>(5).ok().flatten().map(Jsonb::kept),
+                text(6).unwrap_or_default(),
+                int(7),
+                int(8),
+                int(9),
+                text(10),
+                ts(11),
+                ts(12),
+                text(13),
+                r.get::<Uuid>(14).ok().flatten(),
+                ts(15),
+                ts(16),
+            )
+        })
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+/// Rescue expired leases; dead letters that asked for review get an item.
+fn rescue(client: &mut pgrx::spi::SpiClient<'_>) {
+    let t = run(client, &RESCUE, None, &[]);
+    let review: Vec<i64> = t
+        .filter(|r| r.get::<bool>(2).ok().flatten().unwrap_or(false))
+        .filter_map(|r| r.get::<i64>(1).ok().flatten())
+        .collect();
+    for id in review {
+        review_dead_letter(client, id);
+    }
+}
+
+static DEAD_LETTER_ITEM: Stmt = Stmt {
+    sql: "SELECT org_id, pg_catalog.jsonb_build_object('job_id', job_id, 'event_type', event_type,
+                 'attempts', attempts, 'last_error', last_error, 'payload', payload)
+            FROM integrity.deliveries WHERE id = $1",
+    args: &[pg_sys::INT8OID],
+    writes: false,
+};
+
+/// A review item for dead-lettered delivery `id`.
+fn review_dead_letter(client: &mut pgrx::spi::SpiClient<'_>, id: i64) -> Option<i64> {
+    let (org, details) = {
+        let t = read(client, &DEAD_LETTER_ITEM, None, &[id.into()]);
+        let row = t.first();
+        (
+            row.get::<Uuid>(1).ok().flatten()?,
+            row.get_datum_by_ordinal(2)
+                .ok()
+                .flatten()
+                .map(Jsonb::from_spi)?,
+        )
+    };
+    let (item, _) = crate::review::enqueue_item(
+        client,
+        org,
+        "delivery",
+        &id.to_string(),
+        "dead_letter",
+        details,
+        0,
+    );
+    Some(item)
+}
+
+// ---------------------------------------------------------------------------
+// complete, fail
+
+static COMPLETE: Stmt = Stmt {
+    sql: "UPDATE integrity.deliveries
+             SET status = 'completed', completed_at = pg_catalog.clock_timestamp(),
+                 processing_ms = EXTRACT(epoch FROM pg_catalog.clock_timestamp() - last_attempt_at) * 1000,
+                 locked_until = NULL, lease_token = NULL
+           WHERE id = $1 AND status = 'processing' AND ($2::uuid IS NULL OR lease_token = $2)
+       RETURNING id",
+    args: &[pg_sys::INT8OID, pg_sys::UUIDOID],
+    writes: true,
+};
+
+/// Complete a delivery being processed: `true`; `false` when it is not
+/// processing (or, with `lease_token`, its lease went to another worker).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn complete(id: Option<i64>, lease_token: default!(Option<Uuid>, "NULL")) -> bool {
+    let id = required(id, "integrity.complete", "id");
+    Spi::connect_mut(|client| {
+        !run(client, &COMPLETE, None, &[id.into(), lease_token.into()]).is_empty()
+    })
+}
+
+static FAILING: Stmt = Stmt {
+    sql: "SELECT d.status::text, d.attempts, d.max_attempts, d.lease_token, d.review_on_dead_letter,
+                 (SELECT s.schedule FROM integrity.retry_schedules s WHERE s.event_type = d.event_type)
+            FROM integrity.deliveries d WHERE d.id = $1 FOR UPDATE",
+    args: &[pg_sys::INT8OID],
+    writes: true,
+};
+
+static FAILED: Stmt = Stmt {
+    sql: "UPDATE integrity.deliveries
+             SET status = $2::integrity.delivery_status,
+                 next_attempt_at = pg_catalog.now() + $3,
+                 dead_at = CASE WHEN $2 = 'dead_letter' THEN pg_catalog.now() END,
+                 last_error = $4, locked_until = NULL, lease_token = NULL
+           WHERE id = $1",
+    args: &[
+        pg_sys::INT8OID,
+        pg_sys::TEXTOID,
+        pg_sys::INTERVALOID,
+        pg_sys::TEXTOID,
+    ],
+    writes: true,
+};
+
+/// An answer `{"ok":false,"reason":…,"id":…}`.
+fn refused(reason: &str, id: i64) -> Jsonb {
+    Builder::new()
+        .begin_object()
+        .key("ok")
+        .bool(false)
+        .key("reason")
+        .string(reason)
+        .key("id")
+        .int(id)
+        .end()
+        .finish()
+}
+
+/// The wait before retry `n` (1-based): the schedule's, or a full-jitter
+/// exponential backoff, in microseconds.
+fn backoff_us(n: i32, schedule: Option<&[Option<Interval>]>) -> i64 {
+    if let Some(s) = schedule.filter(|s| !s.is_empty()) {
+        let i = (n.max(1) as usize - 1).min(s.len() - 1);
+        return s[i].map_or(0, |iv| iv.as_micros().max(0) as i64);
+    }
+    let (base, cap) = gucs::retry_backoff_ms();
+    let exp = (n.max(1) - 1).min(40) as u32;
+    let ceiling = base.saturating_mul(1i64 << exp.min(40)).min(cap) * 1000;
+    // SAFETY: Postgres's own per-backend PRNG.
+    let r = unsafe { pg_sys::pg_prng_double(std::ptr::addr_of_mut!(pg_sys::pg_global_prng_state)) };
+    (r * ceiling as f64) as i64
+}
+
+/// The current attempt failed: retried after `retry_in`, the event type's
+/// schedule or the backoff; dead-lettered when it was the last attempt.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn fail(
+    id: Option<i64>,
+    error: Option<&str>,
+    retry_in: default!(Option<Interval>, "NULL"),
+    lease_token: default!(Option<Uuid>, "NULL"),
+) -> Jsonb {
+    const F: &str = "integrity.fail";
+    let id = required(id, F, "id");
+    let error = error.unwrap_or("");
+    if let Some(r) = retry_in {
+        if r.as_micros() < 0 {
+            raise(
+                Kind::InvalidParameter,
+                F,
+                format!("retry_in must not be negative, got {r}"),
+                "Pass retry_in => '1 minute', or NULL for the backoff.",
+            );
+        }
+    }
+    Spi::connect_mut(|client| {
+        let (status, attempts, max_attempts, token, review, schedule) = {
+            let t = run(client, &FAILING, None, &[id.into()]);
+            let row = t.first();
+            let Some(status) = row.get::<String>(1).ok().flatten() else {
+                return refused("not_found", id);
+            };
+            (
+                status,
+                row.get::<i32>(2).ok().flatten().unwrap_or_default(),
+                row.get::<i32>(3).ok().flatten().unwrap_or(1),
+                row.get::<Uuid>(4).ok().flatten(),
+                row.get::<bool>(5).ok().flatten().unwrap_or(false),
+                row.get::<Vec<Option<Interval>>>(6).ok().flatten(),
+            )
+        };
+        if status != "processing" {
+            return refused("not_processing", id);
+        }
+        if lease_token.is_some() && token != lease_token {
+            return refused("lease_lost", id);
+        }
+        let dead = attempts >= max_attempts;
+        let wait_us = if dead {
+            0
+        } else {
+            retry_in.map_or_else(
+                || backoff_us(attempts, schedule.as_deref()),
+                |r| r.as_micros() as i64,
+            )
+        };
+        let wait =
+            Interval::new(0, 0, wait_us).unwrap_or_else(|_| crate::errors::bug("retry interval"));
+        run(
+            client,
+            &FAILED,
+            None,
+            &[
+                id.into(),
+                if dead { "dead_letter" } else { "failed" }.into(),
+                wait.into(),
+                error.into(),
+            ],
+        );
+        let mut b = Builder::new();
+        b.begin_object()
+            .key("ok")
+            .bool(true)
+            .key("id")
+            .int(id)
+            .key("attempts")
+            .int(attempts as i64)
+            .key("status")
+            .string(if dead { "dead_letter" } else { "failed" });
+        if dead {
+            if review {
+                if let Some(item) = review_dead_letter(client, id) {
+                    b.key("review_id").int(item);
+                }
+            }
+        } else {
+            b.key("retry_in_ms").int(wait_us / 1000);
+        }
+        b.end().finish()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// requeue, redrive, purge, retry schedules
+
+static REQUEUE: Stmt = Stmt {
+    sql: "WITH r AS (
+              UPDATE integrity.deliveries
+                 SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(),
+                     dead_at = NULL, locked_until = NULL, lease_token = NULL
+               WHERE id = $1 AND status IN ('failed', 'dead_letter')
+           RETURNING event_type)
+          SELECT (SELECT event_type FROM r),
+                 (SELECT status::text FROM integrity.deliveries WHERE id = $1)",
+    args: &[pg_sys::INT8OID],
+    writes: true,
+};
+
+/// Bring back one failed or dead-lettered delivery: attempts reset, due now.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn requeue(id: Option<i64>) -> Jsonb {
+    let id = required(id, "integrity.requeue", "id");
+    Spi::connect_mut(|client| {
+        let (event_type, status) = {
+            let t = run(client, &REQUEUE, None, &[id.into()]);
+            let row = t.first();
+            (
+                row.get::<String>(1).ok().flatten(),
+                row.get::<String>(2).ok().flatten(),
+            )
+        };
+        match (event_type, status) {
+            (Some(event_type), _) => {
+                read(client, &NOTIFY, None, &[event_type.as_str().into()]);
+                Builder::new()
+                    .begin_object()
+                    .key("ok")
+                    .bool(true)
+                    .key("id")
+                    .int(id)
+                    .end()
+                    .finish()
+            }
+            (None, None) => refused("not_found", id),
+            (None, Some(_)) => refused("not_failed", id),
+        }
+    })
+}
+
+static REDRIVE: Stmt = Stmt {
+    sql: "WITH r AS (
+              UPDATE integrity.deliveries
+                 SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(),
+                     dead_at = NULL, locked_until = NULL, lease_token = NULL
+               WHERE status = 'dead_letter'
+                 AND ($1::text IS NULL OR event_type = $1)
+                 AND ($2::timestamptz IS NULL OR dead_at >= $2)
+           RETURNING event_type)
+          SELECT pg_catalog.count(*), pg_catalog.min(event_type) FROM r",
+    args: &[pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID],
+    writes: true,
+};
+
+/// Bring back every dead letter (of `event_type`, dead-lettered since
+/// `since`): attempts reset, due now. Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn redrive(
+    event_type: default!(Option<&str>, "NULL"),
+    since: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> i64 {
+    Spi::connect_mut(|client| {
+        let (n, any) = {
+            let t = run(client, &REDRIVE, None, &[event_type.into(), since.into()]);
+            let row = t.first();
+            (
+                row.get::<i64>(1).ok().flatten().unwrap_or(0),
+                row.get::<String>(2).ok().flatten(),
+            )
+        };
+        if let Some(e) = any {
+            read(client, &NOTIFY, None, &[e.as_str().into()]);
+        }
+        n
+    })
+}
+
+static PURGE: Stmt = Stmt {
+    sql: "DELETE FROM integrity.deliveries WHERE id IN (
+              SELECT id FROM integrity.deliveries
+               WHERE status IN ('completed', 'dead_letter')
+                 AND created_at < pg_catalog.now() - $1
+                 AND COALESCE(completed_at, dead_at, created_at) < pg_catalog.now() - $1
+               LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    args: &[pg_sys::INTERVALOID, pg_sys::INT4OID],
+    writes: true,
+};
+
+/// Remove completed and dead-lettered deliveries finished more than
+/// `older_than` ago, `batch_size` rows per statement, at most `max_rows`
+/// in all (NULL: all). Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn purge_deliveries(
+    older_than: default!(Option<Interval>, "'30 days'"),
+    batch_size: default!(Option<i32>, "10000"),
+    max_rows: default!(Option<i64>, "NULL"),
+) -> i64 {
+    const F: &str = "integrity.purge_deliveries";
+    let older_than = required(older_than, F, "older_than");
+    if older_than.as_micros() < 0 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("older_than must not be negative, got {older_than}"),
+            "Pass the retention, e.g. '30 days'.",
+        );
+    }
+    let batch = required(batch_size, F, "batch_size");
+    if !(1..=100_000).contains(&batch) {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("batch_size must be between 1 and 100000, got {batch}"),
+            "Pass batch_size => 10000 (the default).",
+        );
+    }
+    if max_rows.is_some_and(|m| m < 0) {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            "max_rows must not be negative",
+            "Pass NULL for no limit.",
+        );
+    }
+    let mut total = 0i64;
+    Spi::connect_mut(|client| loop {
+        let left = max_rows.map_or(batch as i64, |m| (m - total).min(batch as i64));
+        if left <= 0 {
+            break;
+        }
+        let n = run(
+            client,
+            &PURGE,
+            None,
+            &[older_than.into(), (left as i32).into()],
+        )
+        .len() as i64;
+        total += n;
+        if n < left {
+            break;
+        }
+    });
+    total
+}
+
+static SET_SCHEDULE: Stmt = Stmt {
+    sql: "INSERT INTO integrity.retry_schedules (event_type, schedule) VALUES ($1, $2)
+          ON CONFLICT (event_type) DO UPDATE SET schedule = EXCLUDED.schedule, updated_at = pg_catalog.now()",
+    args: &[pg_sys::TEXTOID, pg_sys::INTERVALARRAYOID],
+    writes: true,
+};
+
+static DROP_SCHEDULE: Stmt = Stmt {
+    sql: "DELETE FROM integrity.retry_schedules WHERE event_type = $1",
+    args: &[pg_sys::TEXTOID],
+    writes: true,
+};
+
+/// Set the waits before each retry of an event type (e.g. `'{5 seconds, 5
+/// minutes, 30 minutes, 2 hours, 5 hours, 10 hours}'`); NULL or empty
+/// removes it (back to the backoff).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn set_retry_schedule(event_type: Option<&str>, schedule: Option<Vec<Option<Interval>>>) -> Jsonb {
+    const F: &str = "integrity.set_retry_schedule";
+    let event_type = nonempty(F, "event_type", event_type);
+    let schedule = schedule.unwrap_or_default();
+    for (i, s) in schedule.iter().enumerate() {
+        match s {
+            Some(s) if s.as_micros() >= 0 => {}
+            _ => raise(
+                Kind::InvalidParameter,
+                F,
+                format!("schedule[{}] must be a non-negative interval", i + 1),
+                "Pass e.g. ARRAY['5 seconds', '5 minutes', '30 minutes']::interval[].",
+            ),
+        }
+    }
+    let n = schedule.len();
+    Spi::connect_mut(|client| {
+        if n == 0 {
+            run(client, &DROP_SCHEDULE, None, &[event_type.into()]);
+        } else {
+            run(
+                client,
+                &SET_SCHEDULE,
+                None,
+                &[event_type.into(), schedule.into()],
+            );
+        }
+    });
+    Builder::new()
+        .begin_object()
+        .key("ok")
+        .bool(true)
+        .key("event_type")
+        .string(event_type)
+        .key("retries")
+        .int(n as i64)
+        .end()
+        .finish()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::{json, one, sqlstate, text};
+    use pgrx::prelude::*;
+
+    const ORG: &str = "'0000000a-0000-0000-0000-000000000000'";
+
+    fn enqueue(job: &str, extra: &str) -> serde_json::Value {
+        json(&format!(
+            "SELECT integrity.enqueue({ORG}, '{job}', 'invoice.paid', '{{\"job\": \"{job}\"}}'{extra})"
+        ))
+    }
+
+    /// Claim for `worker`: "job:attempts" of what it got, by id.
+    fn claim(worker: &str, batch: i32) -> String {
+        text(&format!(
+            "SELECT coalesce(string_agg(job_id || ':' || attempts, ',' ORDER BY id), '')
+               FROM integrity.claim('{worker}', {batch})"
+        ))
+    }
+
+    fn id_of(job: &str) -> i64 {
+        one::<i64>(&format!(
+            "SELECT id FROM integrity.deliveries WHERE job_id = '{job}'"
+        ))
+        .unwrap()
+    }
+
+    fn status(job: &str) -> String {
+        text(&format!(
+            "SELECT status::text FROM integrity.deliveries WHERE job_id = '{job}'"
+        ))
+    }
+
+    #[pg_test]
+    fn deliveries_dedupe_claim_complete_and_fail_to_dead_letter() {
+        let a = enqueue("a", ", max_attempts => 2, review_on_dead_letter => true");
+        assert_eq!(a["duplicate"], false);
+        let again = enqueue("a", "");
+        assert_eq!(
+            (again["duplicate"].clone(), again["id"].clone()),
+            (true.into(), a["id"].clone())
+        );
+        enqueue("b", ", priority => 5");
+        // Priority first, then age; each handed out once.
+        assert_eq!(claim("w1", 1), "b:1");
+        assert_eq!(claim("w2", 10), "a:1");
+        assert_eq!(claim("w3", 10), "");
+        // complete: true once, with the right token only.
+        let b = id_of("b");
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT integrity.complete({b}, gen_random_uuid())"
+            )),
+            Some(false)
+        );
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT integrity.complete({b}, (SELECT lease_token FROM integrity.deliveries WHERE id = {b}))"
+            )),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>(&format!("SELECT integrity.complete({b})")),
+            Some(false)
+        );
+        assert!(
+            one::<f64>(&format!(
+                "SELECT processing_ms FROM integrity.deliveries WHERE id = {b}"
+            ))
+            .unwrap()
+                >= 0.0
+        );
+        // fail: retried after retry_in, then dead-lettered on its last attempt.
+        let a = id_of("a");
+        let f = json(&format!(
+            "SELECT integrity.fail({a}, 'HTTP 500', retry_in => '0')"
+        ));
+        assert_eq!(
+            (f["status"].clone(), f["retry_in_ms"].clone()),
+            ("failed".into(), 0.into())
+        );
+        assert_eq!(
+            json(&format!("SELECT integrity.fail({a}, 'again')"))["reason"],
+            "not_processing"
+        );
+        assert_eq!(claim("w1", 1), "a:2");
+        assert_eq!(
+            json(&format!(
+                "SELECT integrity.fail({a}, 'x', lease_token => gen_random_uuid())"
+            ))["reason"],
+            "lease_lost"
+        );
+        let f = json(&format!("SELECT integrity.fail({a}, 'HTTP 503')"));
+        assert_eq!(f["status"], "dead_letter");
+        assert!(f["review_id"].is_number(), "{f}");
+        assert_eq!(
+            text("SELECT subject_type || ' ' || reason || ' ' || (payload->>'last_error') FROM integrity.review_queue"),
+            "delivery dead_letter HTTP 503"
+        );
+        assert_eq!(
+            text("SELECT job_id || ' ' || last_error FROM integrity.dead_letters"),
+            "a HTTP 503"
+        );
+        assert_eq!(
+            json("SELECT integrity.fail(-1, 'x')")["reason"],
+            "not_found"
+        );
+        // requeue: back with attempts reset; redrive many.
+        assert_eq!(json(&format!("SELECT integrity.requeue({a})"))["ok"], true);
+        assert_eq!(
+            json(&format!("SELECT integrity.requeue({a})"))["reason"],
+            "not_failed"
+        );
+        assert_eq!(json("SELECT integrity.requeue(-1)")["reason"], "not_found");
+        assert_eq!(claim("w1", 1), "a:1");
+        Spi::run(&format!("SELECT integrity.fail({a}, 'x', '0'); SELECT integrity.claim('w1'); SELECT integrity.fail({a}, 'y')")).unwrap();
+        assert_eq!(status("a"), "dead_letter");
+        assert_eq!(
+            one::<i64>("SELECT integrity.redrive('other.type')"),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i64>("SELECT integrity.redrive('invoice.paid', now() - interval '1 hour')"),
+            Some(1)
+        );
+        assert_eq!(status("a"), "pending");
+        // Health and stats.
+        assert_eq!(
+            text(
+                "SELECT pending || '/' || completed || '/' || due_now FROM integrity.queue_health"
+            ),
+            "1/1/1"
+        );
+        assert_eq!(
+            text("SELECT total || '/' || completed || '/' || success_rate FROM integrity.delivery_stats()"),
+            "2/1/1.0000"
+        );
+        assert_eq!(
+            text("SELECT string_agg(job_id, ',') FROM integrity.recent_failures()"),
+            "a"
+        );
+    }
+
+    #[pg_test]
+    fn expired_leases_are_rescued_and_the_last_attempt_dead_letters() {
+        enqueue("x", ", max_attempts => 2");
+        assert_eq!(claim("w1", 1), "x:1");
+        // The worker died: its lease runs out.
+        Spi::run("UPDATE integrity.deliveries SET locked_until = now() - interval '1 second'")
+            .unwrap();
+        assert_eq!(claim("w2", 1), "x:2");
+        assert!(text("SELECT last_error FROM integrity.deliveries")
+            .contains("lease expired (worker w1)"));
+        Spi::run("UPDATE integrity.deliveries SET locked_until = now() - interval '1 second'")
+            .unwrap();
+        // Its last attempt's lease ran out: dead, not handed out again.
+        assert_eq!(claim("w3", 1), "");
+        assert_eq!(status("x"), "dead_letter");
+        // w2 comes back late: its lease is gone.
+        let x = id_of("x");
+        assert_eq!(
+            one::<bool>(&format!("SELECT integrity.complete({x})")),
+            Some(false)
+        );
+    }
+
+    #[pg_test]
+    fn ordering_keys_go_one_at_a_time_in_enqueue_order() {
+        enqueue("k1", ", ordering_key => 'cust-1'");
+        enqueue("k2", ", ordering_key => 'cust-1', priority => 9");
+        enqueue("k3", ", ordering_key => 'cust-1'");
+        enqueue("free", "");
+        enqueue("other", ", ordering_key => 'cust-2'");
+        // Only the first of each key, whatever the priority.
+        assert_eq!(claim("w1", 10), "k1:1,free:1,other:1");
+        assert_eq!(claim("w2", 10), "");
+        // A failed delivery waiting for its retry still blocks its key.
+        let k1 = id_of("k1");
+        Spi::run(&format!("SELECT integrity.fail({k1}, 'timeout', '1 hour')")).unwrap();
+        assert_eq!(claim("w2", 10), "");
+        // Dead-lettered, it stops blocking.
+        Spi::run(&format!(
+            "UPDATE integrity.deliveries SET next_attempt_at = now(), max_attempts = 2 WHERE id = {k1};
+             SELECT integrity.claim('w1');
+             SELECT integrity.fail({k1}, 'gone')"
+        ))
+        .unwrap();
+        assert_eq!(status("k1"), "dead_letter");
+        assert_eq!(claim("w2", 10), "k2:1");
+        let k2 = id_of("k2");
+        Spi::run(&format!("SELECT integrity.complete({k2})")).unwrap();
+        assert_eq!(claim("w2", 10), "k3:1");
+        // Per tenant: the same key of another org is another key.
+        Spi::run(
+            "SELECT integrity.enqueue('0000000b-0000-0000-0000-000000000000', 'b1', 'e', '{}', ordering_key => 'cust-1')",
+        )
+        .unwrap();
+        assert_eq!(claim("w3", 10), "b1:1");
+    }
+
+    #[pg_test]
+    fn retry_schedules_purge_and_bad_input() {
+        Spi::run(
+            "SELECT integrity.set_retry_schedule('invoice.paid', ARRAY['5 seconds', '5 minutes']::interval[])",
+        )
+        .unwrap();
+        enqueue("s", ", max_attempts => 5");
+        let s = id_of("s");
+        let waits: Vec<i64> = (0..3)
+            .map(|_| {
+                Spi::run("UPDATE integrity.deliveries SET next_attempt_at = now()").unwrap();
+                claim("w", 1);
+                json(&format!("SELECT integrity.fail({s}, 'x')"))["retry_in_ms"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(waits, vec![5_000, 300_000, 300_000]);
+        // Without a schedule: full jitter below base * 2^(n-1), capped.
+        Spi::run(
+            "SELECT integrity.set_retry_schedule('invoice.paid', NULL);
+             SET LOCAL integrity.retry_base = '1s'; SET LOCAL integrity.retry_cap = '3s';
+             UPDATE integrity.deliveries SET next_attempt_at = now();",
+        )
+        .unwrap();
+        claim("w", 1);
+        let w = json(&format!("SELECT integrity.fail({s}, 'x')"))["retry_in_ms"]
+            .as_i64()
+            .unwrap();
+        assert!((0..=3000).contains(&w), "{w}");
+        // purge: finished rows older than the retention, in batches.
+        Spi::run(
+            "INSERT INTO integrity.deliveries (org_id, job_id, event_type, payload, status, created_at, completed_at)
+             SELECT '0000000a-0000-0000-0000-000000000000', 'old-' || g, 'e', '{}', 'completed',
+                    now() - interval '40 days', now() - interval '40 days'
+               FROM generate_series(1, 25) g",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<i64>("SELECT integrity.purge_deliveries('30 days', 10, 15)"),
+            Some(15)
+        );
+        assert_eq!(
+            one::<i64>("SELECT integrity.purge_deliveries('30 days', 10)"),
+            Some(10)
+        );
+        assert_eq!(one::<i64>("SELECT integrity.purge_deliveries()"), Some(0));
+        assert_eq!(status("s"), "failed");
+        for (sql, state) in [
+            (
+                format!("SELECT integrity.enqueue(NULL, 'j', 'e', '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, NULL, 'e', '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, '', 'e', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, repeat('j', 256), 'e', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', '', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', 'not json')"),
+                "22P02",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', max_attempts => 0)"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', max_attempts => -3)"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', ordering_key => '')"),
+                "22023",
+            ),
+            ("SELECT integrity.claim(NULL)".to_string(), "22004"),
+            ("SELECT integrity.claim('')".to_string(), "22023"),
+            ("SELECT integrity.claim('w', 0)".to_string(), "22023"),
+            ("SELECT integrity.claim('w', 1001)".to_string(), "22023"),
+            ("SELECT integrity.claim('w', 1, '0')".to_string(), "22023"),
+            (
+                "SELECT integrity.claim('w', 1, '-1 minute')".to_string(),
+                "22023",
+            ),
+            (
+                "SELECT integrity.claim('w', 1, '25 hours')".to_string(),
+                "22023",
+            ),
+            ("SELECT integrity.claim('w', 1, NULL)".to_string(), "22004"),
+            ("SELECT integrity.complete(NULL)".to_string(), "22004"),
+            ("SELECT integrity.fail(NULL, 'x')".to_string(), "22004"),
+            (
+                "SELECT integrity.fail(1, 'x', '-1 second')".to_string(),
+                "22023",
+            ),
+            ("SELECT integrity.requeue(NULL)".to_string(), "22004"),
+            (
+                "SELECT integrity.purge_deliveries('-1 day')".to_string(),
+                "22023",
+            ),
+            (
+                "SELECT integrity.purge_deliveries('1 day', 0)".to_string(),
+                "22023",
+            ),
+            (
+                "SELECT integrity.purge_deliveries('1 day', 10, -1)".to_string(),
+                "22023",
+            ),
+            (
+                "SELECT integrity.set_retry_schedule(NULL, NULL)".to_string(),
+                "22004",
+            ),
+            (
+                "SELECT integrity.set_retry_schedule('e', ARRAY['-1 second']::interval[])"
+                    .to_string(),
+                "22023",
+            ),
+            (
+                "SELECT integrity.set_retry_schedule('e', ARRAY[NULL]::interval[])".to_string(),
+                "22023",
+            ),
+        ] {
+            assert_eq!(sqlstate(&sql), state, "{sql}");
+        }
+    }
+}
