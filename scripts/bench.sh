@@ -5,16 +5,22 @@
 #   bash scripts/bench.sh idempotency   idempotency keys (bench/idempotency.rs)
 #   bash scripts/bench.sh triggers      trigger functions (bench/triggers.rs)
 #   bash scripts/bench.sh checks        consistency checks (bench/checks.rs)
+#   bash scripts/bench.sh deliveries    delivery log vs a plain-SQL queue and pgmq (bench/deliveries.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 install_extension
-cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers --example bench_checks
+cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers --example bench_checks --example bench_deliveries
 case "${1:-booking}" in
   booking) shift || true; exec ./target/release/examples/bench "$@" ;;
   idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
   triggers) shift; exec ./target/release/examples/bench_triggers "$@" ;;
   checks) shift; exec ./target/release/examples/bench_checks "$@" ;;
+  deliveries) shift
+    # pgmq, vendored for this comparison (Debian has no package): SQL only.
+    install -m 644 bench/vendor/pgmq/pgmq.control bench/vendor/pgmq/pgmq--1.5.1.sql \
+      "$("$PG_CONFIG" --sharedir)/extension/"
+    exec ./target/release/examples/bench_deliveries "$@" ;;
   *) exec ./target/release/examples/bench "$@" ;;
 esac

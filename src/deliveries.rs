@@ -94,6 +94,24 @@ static NOTIFY: Stmt = Stmt {
     writes: false,
 };
 
+/// `NOTIFY integrity_deliveries, event_type`, unless turned off, and
+/// unless another transaction that will notify is in flight.
+///
+/// Postgres serializes the commits of notifying transactions (a global
+/// lock taken before commit and held until it is done), so a NOTIFY per
+/// enqueue makes concurrent enqueues commit one at a time. A transaction
+/// that notifies holds an advisory lock until it ends; one that finds it
+/// held leaves the wake-up to that one, which commits (and wakes the
+/// listeners) around the same time. Workers drain the queue after a
+/// wake-up and poll as a fallback, as with any NOTIFY-based queue.
+fn notify(client: &pgrx::spi::SpiClient<'_>, event_type: &str) {
+    if gucs::notify_deliveries()
+        && crate::keys::advisory_try_lock(lock_key_of([&b"delivery-notify"[..]]))
+    {
+        read(client, &NOTIFY, None, &[event_type.into()]);
+    }
+}
+
 /// Record a delivery in the caller's transaction: `{"id":…,"duplicate":
 /// bool}`; the same `(org_id, job_id)` again is the first one's id.
 #[allow(clippy::too_many_arguments)]
@@ -154,7 +172,7 @@ fn enqueue(
         );
         match t.first().get::<i64>(1).ok().flatten() {
             Some(id) => {
-                read(client, &NOTIFY, None, &[event_type.into()]);
+                notify(client, event_type);
                 (id, false)
             }
             None => {
@@ -199,30 +217,32 @@ static RESCUE: Stmt = Stmt {
                  next_attempt_at = pg_catalog.now(),
                  last_error = 'lease expired (worker ' || COALESCE(d.worker, '?') || ')',
                  locked_until = NULL, lease_token = NULL
-            FROM expired WHERE d.id = expired.id
+           WHERE d.id = ANY (ARRAY(SELECT id FROM expired))
           RETURNING d.id, d.status = 'dead_letter' AND d.review_on_dead_letter",
     args: &[],
     writes: true,
 };
 
 static CLAIM: Stmt = Stmt {
-    sql: "WITH due AS (
-              SELECT d.id FROM integrity.deliveries d
-               WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= pg_catalog.now()
-                 AND ($3::text[] IS NULL OR d.event_type = ANY ($3))
-                 AND (d.ordering_key IS NULL OR d.id = (
-                      SELECT k.id FROM integrity.deliveries k
-                       WHERE k.org_id = d.org_id AND k.ordering_key = d.ordering_key
-                         AND k.status NOT IN ('completed', 'dead_letter')
-                       ORDER BY k.id LIMIT 1))
-               ORDER BY d.priority DESC, d.id
-               LIMIT $4
-               FOR UPDATE SKIP LOCKED)
-          UPDATE integrity.deliveries d
+    // `id = ANY (ARRAY(…))`: the rows picked are then updated through the
+    // primary key whatever the planner guesses of LIMIT $4 (a join with
+    // the picked rows can become a hash join over the whole table).
+    sql: "UPDATE integrity.deliveries d
              SET status = 'processing', attempts = d.attempts + 1,
                  locked_until = pg_catalog.now() + $2, worker = $1,
                  lease_token = pg_catalog.gen_random_uuid(), last_attempt_at = pg_catalog.now()
-            FROM due WHERE d.id = due.id
+           WHERE d.id = ANY (ARRAY(
+              SELECT c.id FROM integrity.deliveries c
+               WHERE c.status IN ('pending', 'failed') AND c.next_attempt_at <= pg_catalog.now()
+                 AND ($3::text[] IS NULL OR c.event_type = ANY ($3))
+                 AND (c.ordering_key IS NULL OR c.id = (
+                      SELECT k.id FROM integrity.deliveries k
+                       WHERE k.org_id = c.org_id AND k.ordering_key = c.ordering_key
+                         AND k.status NOT IN ('completed', 'dead_letter')
+                       ORDER BY k.id LIMIT 1))
+               ORDER BY c.priority DESC, c.id
+               LIMIT $4
+               FOR UPDATE SKIP LOCKED))
           RETURNING d.id, d.org_id, d.job_id, d.event_type, d.payload, d.status::text, d.attempts,
                     d.max_attempts, d.priority, d.ordering_key, d.next_attempt_at, d.locked_until,
                     d.worker, d.lease_token, d.created_at, d.last_attempt_at",
@@ -288,51 +308,111 @@ fn claim(
         );
     }
     let rows = Spi::connect_mut(|client| {
-        rescue(client);
-        let t = run(
-            client,
-            &CLAIM,
-            None,
-            &[
+        // Rescuing expired leases is a slow path: looked for at most every
+        // RESCUE_EVERY per backend while work flows, and whenever a claim
+        // comes back short.
+        let due = LAST_RESCUE.with(|l| l.get().is_none_or(|t| t.elapsed() >= RESCUE_EVERY));
+        if due {
+            rescue(client);
+        }
+        let args = [
+            worker.into(),
+            lease.into(),
+            event_types.clone().into(),
+            batch.into(),
+        ];
+        let mut rows = claim_rows(client, &args);
+        if rows.len() < batch as usize && !due {
+            rescue(client);
+            let more = (batch as usize - rows.len()) as i32;
+            let args = [
                 worker.into(),
                 lease.into(),
-                event_types.into(),
-                batch.into(),
-            ],
-        );
-        t.map(|r| {
-            let text = |i: usize| r.get::<String>(i).ok().flatten();
-            let int = |i: usize| r.get::<i32>(i).ok().flatten().unwrap_or_default();
-            let ts = |i: usize| r.get::<TimestampWithTimeZone>(i).ok().flatten();
-            (
-                r.get::<i64>(1).ok().flatten().unwrap_or_default(),
-                r.get::<Uuid>(2)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| crate::errors::bug("delivery org_id")),
-                text(3).unwrap_or_default(),
-                text(4).unwrap_or_default(),
-                r.get::<Jsonb>(5).ok().flatten().map(Jsonb::kept),
-                text(6).unwrap_or_default(),
-                int(7),
-                int(8),
-                int(9),
-                text(10),
-                ts(11),
-                ts(12),
-                text(13),
-                r.get::<Uuid>(14).ok().flatten(),
-                ts(15),
-                ts(16),
-            )
-        })
-        .collect::<Vec<_>>()
+                event_types.clone().into(),
+                more.into(),
+            ];
+            rows.extend(claim_rows(client, &args));
+        }
+        rows
     });
     TableIterator::new(rows)
 }
 
+/// How often, at most, a backend looks for expired leases while claims
+/// find work.
+const RESCUE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+thread_local! {
+    static LAST_RESCUE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// A claimed delivery, as `claim` returns it.
+type Claimed = (
+    i64,
+    Uuid,
+    String,
+    String,
+    Option<Jsonb>,
+    String,
+    i32,
+    i32,
+    i32,
+    Option<String>,
+    Option<TimestampWithTimeZone>,
+    Option<TimestampWithTimeZone>,
+    Option<String>,
+    Option<Uuid>,
+    Option<TimestampWithTimeZone>,
+    Option<TimestampWithTimeZone>,
+);
+
+/// Run CLAIM with its plan kept generic. Its cost estimate with the
+/// parameters unknown is above that of a plan for the values at hand, so
+/// the plan cache would otherwise plan it again on every call (13 % of a
+/// claim's time in a profile); the generic plan is the same plan.
+fn claim_rows(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Vec<Claimed> {
+    crate::plans::with_settings(&[(c"plan_cache_mode", c"force_generic_plan")], || {
+        claimed(run(client, &CLAIM, None, args))
+    })
+}
+
+/// The rows of a CLAIM, copied out of SPI.
+fn claimed(t: pgrx::spi::SpiTupleTable<'_>) -> Vec<Claimed> {
+    t.map(|r| {
+        let text = |i: usize| r.get::<String>(i).ok().flatten();
+        let int = |i: usize| r.get::<i32>(i).ok().flatten().unwrap_or_default();
+        let ts = |i: usize| r.get::<TimestampWithTimeZone>(i).ok().flatten();
+        (
+            r.get::<i64>(1).ok().flatten().unwrap_or_default(),
+            r.get::<Uuid>(2)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| crate::errors::bug("delivery org_id")),
+            text(3).unwrap_or_default(),
+            text(4).unwrap_or_default(),
+            r.get::<Jsonb>(5).ok().flatten().map(Jsonb::kept),
+            text(6).unwrap_or_default(),
+            int(7),
+            int(8),
+            int(9),
+            text(10),
+            ts(11),
+            ts(12),
+            text(13),
+            r.get::<Uuid>(14).ok().flatten(),
+            ts(15),
+            ts(16),
+        )
+    })
+    .collect::<Vec<_>>()
+}
+
 /// Rescue expired leases; dead letters that asked for review get an item.
 fn rescue(client: &mut pgrx::spi::SpiClient<'_>) {
+    LAST_RESCUE.with(|l| l.set(Some(std::time::Instant::now())));
     let t = run(client, &RESCUE, None, &[]);
     let review: Vec<i64> = t
         .filter(|r| r.get::<bool>(2).ok().flatten().unwrap_or(false))
@@ -576,7 +656,7 @@ fn requeue(id: Option<i64>) -> Jsonb {
         };
         match (event_type, status) {
             (Some(event_type), _) => {
-                read(client, &NOTIFY, None, &[event_type.as_str().into()]);
+                notify(client, &event_type);
                 Builder::new()
                     .begin_object()
                     .key("ok")
@@ -624,7 +704,7 @@ fn redrive(
             )
         };
         if let Some(e) = any {
-            read(client, &NOTIFY, None, &[e.as_str().into()]);
+            notify(client, &e);
         }
         n
     })

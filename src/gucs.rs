@@ -23,6 +23,9 @@ static RETRY_BASE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// The longest a backoff grows (milliseconds).
 static RETRY_CAP: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 
+/// Whether enqueue notifies integrity_deliveries.
+static NOTIFY_DELIVERIES: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"integrity.max_booking_duration",
@@ -75,6 +78,14 @@ pub fn init() {
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
+        c"integrity.notify_deliveries",
+        c"Whether integrity.enqueue (and requeue, redrive) send NOTIFY integrity_deliveries.",
+        c"A notifying commit takes Postgres's global notify lock until it has committed, which serializes enqueueing transactions. Off: workers poll. Default on.",
+        &NOTIFY_DELIVERIES,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"integrity.log_corrections",
         c"Whether integrity's trigger functions log each correction to integrity.alerts.",
         c"Off: corrections are still made, but not logged. Default on.",
@@ -106,4 +117,9 @@ pub fn check_timeout_ms() -> i32 {
 /// `integrity.retry_base` and `integrity.retry_cap`, in milliseconds.
 pub fn retry_backoff_ms() -> (i64, i64) {
     (RETRY_BASE.get() as i64, RETRY_CAP.get() as i64)
+}
+
+/// `integrity.notify_deliveries`.
+pub fn notify_deliveries() -> bool {
+    NOTIFY_DELIVERIES.get()
 }

@@ -124,11 +124,11 @@ fn review_enqueue(
 }
 
 static TAKE: Stmt = Stmt {
-    sql: "WITH t AS (SELECT id FROM integrity.review_queue WHERE status = 'pending'
-                      ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-          UPDATE integrity.review_queue r
+    sql: "UPDATE integrity.review_queue r
              SET status = 'in_review', assigned_to = $1, taken_at = pg_catalog.now()
-            FROM t WHERE r.id = t.id
+           WHERE r.id = ANY (ARRAY(
+              SELECT id FROM integrity.review_queue WHERE status = 'pending'
+               ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED))
           RETURNING r.id, r.org_id, r.subject_type, r.subject_id, r.reason, r.payload, r.priority,
                     r.occurrences, r.created_at",
     args: &[pg_sys::TEXTOID, pg_sys::INT4OID],

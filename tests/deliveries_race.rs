@@ -393,3 +393,30 @@ fn ordering_keys_never_overlap_and_complete_in_enqueue_order() {
         log.len()
     );
 }
+
+/// `enqueue` wakes a worker that LISTENs on integrity_deliveries (payload:
+/// the event type); a duplicate does not.
+#[test]
+fn enqueue_notifies_listening_workers() {
+    let cluster = Cluster::start();
+    let mut listener = cluster.connect();
+    listener
+        .batch_execute("LISTEN integrity_deliveries")
+        .unwrap();
+    let mut c = cluster.connect();
+    let enqueue = "SELECT integrity.enqueue('0000000a-0000-0000-0000-000000000000', 'n-1', 'invoice.paid', '{}')";
+    c.batch_execute(enqueue).unwrap();
+    let got: Vec<String> = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(5))
+        .take(1)
+        .map(|n| n.unwrap().payload().to_string())
+        .collect();
+    assert_eq!(got, vec!["invoice.paid".to_string()]);
+    c.batch_execute(enqueue).unwrap();
+    let again = listener
+        .notifications()
+        .timeout_iter(Duration::from_millis(500))
+        .next();
+    assert!(again.is_none(), "a duplicate enqueue notified");
+}
