@@ -13,7 +13,7 @@
 //! * `complete` and `fail` settle an attempt; with the lease token they
 //!   refuse (as data) an attempt whose lease was lost to another worker.
 
-use crate::errors::{raise, required, Kind};
+use crate::errors::{count_arg, raise, required, text_arg, Kind};
 use crate::gucs;
 use crate::jsonb::{Builder, Jsonb};
 use crate::keys::{advisory_lock, lock_key_of, uuid_text};
@@ -44,19 +44,6 @@ pgrx::extension_sql_file!(
 );
 
 const MAX_LEASE_US: i64 = 24 * 3600 * 1_000_000;
-
-fn nonempty<'a>(function: &'static str, arg: &'static str, v: Option<&'a str>) -> &'a str {
-    let v = required(v, function, arg);
-    if v.is_empty() || v.len() > 255 {
-        raise(
-            Kind::InvalidParameter,
-            function,
-            format!("{arg} must be 1 to 255 bytes, got {}", v.len()),
-            format!("Pass a non-empty {arg} of at most 255 bytes."),
-        );
-    }
-    v
-}
 
 // ---------------------------------------------------------------------------
 // enqueue
@@ -130,20 +117,18 @@ fn enqueue(
 ) -> Jsonb {
     const F: &str = "integrity.enqueue";
     let org_id = required(org_id, F, "org_id");
-    let job_id = nonempty(F, "job_id", job_id);
-    let event_type = nonempty(F, "event_type", event_type);
+    let job_id = text_arg(F, "job_id", job_id, 255);
+    let event_type = text_arg(F, "event_type", event_type, 255);
     let payload = required(payload, F, "payload");
-    let max_attempts = required(max_attempts, F, "max_attempts");
-    if !(1..=1000).contains(&max_attempts) {
-        raise(
-            Kind::InvalidParameter,
-            F,
-            format!("max_attempts must be between 1 and 1000, got {max_attempts}"),
-            "Pass max_attempts => 5 (the default) or another count of tries.",
-        );
-    }
+    let max_attempts = count_arg(
+        F,
+        "max_attempts",
+        max_attempts,
+        1..=1000,
+        "Pass max_attempts => 5 (the default) or another count of tries.",
+    );
     if let Some(k) = ordering_key {
-        nonempty(F, "ordering_key", Some(k));
+        text_arg(F, "ordering_key", Some(k), 255);
     }
     let (id, duplicate) = Spi::connect_mut(|client| {
         if let Some(k) = ordering_key {
@@ -287,16 +272,14 @@ fn claim(
     ),
 > {
     const F: &str = "integrity.claim";
-    let worker = nonempty(F, "worker", worker);
-    let batch = required(batch, F, "batch");
-    if !(1..=1000).contains(&batch) {
-        raise(
-            Kind::InvalidParameter,
-            F,
-            format!("batch must be between 1 and 1000, got {batch}"),
-            "Claim a few deliveries at a time, e.g. batch => 10.",
-        );
-    }
+    let worker = text_arg(F, "worker", worker, 255);
+    let batch = count_arg(
+        F,
+        "batch",
+        batch,
+        1..=1000,
+        "Claim a few deliveries at a time, e.g. batch => 10.",
+    );
     let lease = required(lease, F, "lease");
     let us = lease.as_micros();
     if us <= 0 || us > MAX_LEASE_US as i128 {
@@ -799,7 +782,7 @@ static DROP_SCHEDULE: Stmt = Stmt {
 #[search_path(pg_catalog, pg_temp)]
 fn set_retry_schedule(event_type: Option<&str>, schedule: Option<Vec<Option<Interval>>>) -> Jsonb {
     const F: &str = "integrity.set_retry_schedule";
-    let event_type = nonempty(F, "event_type", event_type);
+    let event_type = text_arg(F, "event_type", event_type, 255);
     let schedule = schedule.unwrap_or_default();
     for (i, s) in schedule.iter().enumerate() {
         match s {

@@ -130,6 +130,51 @@ pub fn required<T>(value: Option<T>, function: &'static str, arg: &'static str) 
     }
 }
 
+/// A required text argument of 1 to `max` bytes, or 22004 / 22023 naming it.
+#[track_caller]
+pub fn text_arg<'a>(
+    function: &'static str,
+    arg: &'static str,
+    v: Option<&'a str>,
+    max: usize,
+) -> &'a str {
+    let v = required(v, function, arg);
+    if v.is_empty() || v.len() > max {
+        raise(
+            Kind::InvalidParameter,
+            function,
+            format!("{arg} must be 1 to {max} bytes, got {}", v.len()),
+            format!("Pass a non-empty {arg} of at most {max} bytes."),
+        );
+    }
+    v
+}
+
+/// A required count within `range`, or 22004 / 22023 naming it.
+#[track_caller]
+pub fn count_arg(
+    function: &'static str,
+    arg: &'static str,
+    v: Option<i32>,
+    range: std::ops::RangeInclusive<i32>,
+    hint: &str,
+) -> i32 {
+    let v = required(v, function, arg);
+    if !range.contains(&v) {
+        raise(
+            Kind::InvalidParameter,
+            function,
+            format!(
+                "{arg} must be between {} and {}, got {v}",
+                range.start(),
+                range.end()
+            ),
+            hint,
+        );
+    }
+    v
+}
+
 /// Turn an SPI failure of one of our own, fixed statements into an internal
 /// error. A Postgres error raised while the statement runs (a constraint, an
 /// out-of-range timestamp, a serialization failure) does not come through

@@ -2,7 +2,7 @@
 //! time (`FOR UPDATE SKIP LOCKED`, by priority then age), with one open
 //! item per subject and reason: enqueueing it again folds into the open one.
 
-use crate::errors::{raise, required, Kind};
+use crate::errors::{count_arg, required, text_arg};
 use crate::jsonb::{Builder, Jsonb};
 use crate::plans::{run, Stmt};
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
@@ -70,20 +70,6 @@ pub fn enqueue_item(
     )
 }
 
-/// A required, non-empty text argument.
-fn named<'a>(function: &'static str, arg: &'static str, v: Option<&'a str>) -> &'a str {
-    let v = required(v, function, arg);
-    if v.is_empty() {
-        raise(
-            Kind::InvalidParameter,
-            function,
-            format!("{arg} must not be empty"),
-            format!("Pass a non-empty {arg}."),
-        );
-    }
-    v
-}
-
 /// Put something in front of a person. `{"id":…,"duplicate":bool}`: an open
 /// item of the same subject and reason is counted again, not duplicated.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -98,9 +84,9 @@ fn review_enqueue(
 ) -> Jsonb {
     const F: &str = "integrity.review_enqueue";
     let org_id = required(org_id, F, "org_id");
-    let subject_type = named(F, "subject_type", subject_type);
-    let subject_id = named(F, "subject_id", subject_id);
-    let reason = named(F, "reason", reason);
+    let subject_type = text_arg(F, "subject_type", subject_type, 255);
+    let subject_id = text_arg(F, "subject_id", subject_id, 255);
+    let reason = text_arg(F, "reason", reason, 255);
     let payload = payload.unwrap_or_else(|| Jsonb::from_text("{}"));
     let (id, duplicate) = Spi::connect_mut(|client| {
         enqueue_item(
@@ -157,16 +143,14 @@ fn review_take(
     ),
 > {
     const F: &str = "integrity.review_take";
-    let reviewer = named(F, "reviewer", reviewer);
-    let n = required(n, F, "n");
-    if !(1..=1000).contains(&n) {
-        raise(
-            Kind::InvalidParameter,
-            F,
-            format!("n must be between 1 and 1000, got {n}"),
-            "Take a few items at a time, e.g. n => 10.",
-        );
-    }
+    let reviewer = text_arg(F, "reviewer", reviewer, 255);
+    let n = count_arg(
+        F,
+        "n",
+        n,
+        1..=1000,
+        "Take a few items at a time, e.g. n => 10.",
+    );
     let rows = Spi::connect_mut(|client| {
         let t = run(client, &TAKE, None, &[reviewer.into(), n.into()]);
         t.map(|r| {
@@ -218,7 +202,7 @@ fn review_resolve(
 ) -> Jsonb {
     const F: &str = "integrity.review_resolve";
     let id = required(id, F, "id");
-    let resolution = named(F, "resolution", resolution);
+    let resolution = text_arg(F, "resolution", resolution, 255);
     let dismissed = dismissed.unwrap_or(false);
     let (done, before) = Spi::connect_mut(|client| {
         let t = run(
