@@ -31,8 +31,7 @@ mod common;
 mod shared;
 
 use common::Cluster;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 const ORG: &str = "0000000a-0000-0000-0000-000000000000";
 const REPLAY_KEYS: usize = 1000;
@@ -134,47 +133,6 @@ impl Kind {
     }
 }
 
-fn pgbench() -> PathBuf {
-    let dir = match std::env::var("INTEGRITY_PG_BINDIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => common::pg_config("--bindir"),
-    };
-    dir.join("pgbench")
-}
-
-/// Requests per second of `script` at `clients` clients.
-fn measure(cluster: &Cluster, script: &Path, clients: usize, secs: f64, simple: bool) -> f64 {
-    let out = Command::new(pgbench())
-        .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
-        .arg("-p")
-        .arg(cluster.port.to_string())
-        .args(["-M", if simple { "simple" } else { "prepared" }])
-        .arg("-c")
-        .arg(clients.to_string())
-        .arg("-j")
-        .arg(clients.min(2).to_string())
-        .arg("-T")
-        .arg(format!("{}", secs.ceil() as u64))
-        .arg("-f")
-        .arg(script)
-        .arg("postgres")
-        .output()
-        .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("aborted"),
-        "pgbench failed on {}:\n{stdout}\n{stderr}",
-        script.display()
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
-}
-
 fn main() {
     let secs: f64 = shared::var("BENCH_SECONDS", 4.0);
     let rounds: usize = shared::var("BENCH_ROUNDS", 3);
@@ -236,7 +194,7 @@ fn main() {
         for round in 0..rounds {
             for j in 0..k {
                 let i = (j + round) % k;
-                runs[i].push(measure(&cluster, &scripts[i], n, secs, simple));
+                runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, simple));
             }
         }
         let m: Vec<f64> = runs.into_iter().map(shared::median).collect();

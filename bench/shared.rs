@@ -32,3 +32,51 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+fn pgbench() -> std::path::PathBuf {
+    let dir = match std::env::var("INTEGRITY_PG_BINDIR") {
+        Ok(d) => std::path::PathBuf::from(d),
+        Err(_) => crate::common::pg_config("--bindir"),
+    };
+    dir.join("pgbench")
+}
+
+/// Transactions per second pgbench measures for `script` at `clients`
+/// clients (prepared statements, or simple-protocol query strings).
+pub fn pgbench_tps(
+    cluster: &crate::common::Cluster,
+    script: &std::path::Path,
+    clients: usize,
+    secs: f64,
+    simple: bool,
+) -> f64 {
+    let out = std::process::Command::new(pgbench())
+        .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+        .arg("-p")
+        .arg(cluster.port.to_string())
+        .args(["-M", if simple { "simple" } else { "prepared" }])
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-j")
+        .arg(clients.min(2).to_string())
+        .arg("-T")
+        .arg(format!("{}", secs.ceil() as u64))
+        .arg("-f")
+        .arg(script)
+        .arg("postgres")
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("aborted"),
+        "pgbench failed on {}:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
+}

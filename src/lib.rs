@@ -22,6 +22,8 @@ mod plans;
 mod access;
 /// Booking: no two active bookings of one resource ever overlap.
 mod booking;
+/// Circuit breakers shared by every client.
+mod breaker;
 /// Consistency checks, alerts, health views and the report.
 mod checks;
 /// The delivery log: webhooks and jobs with leases, retries, ordering keys, dead letters.
