@@ -10,6 +10,7 @@
 //! moves (admitting a probe, a breaker turning half-open) and in
 //! `breaker_record`, which locks its breaker's row.
 
+use crate::direct::{Rel, Spec};
 use crate::errors::{raise, required, text_arg, Kind};
 use crate::jsonb::{Builder, Jsonb};
 use crate::plans::{read, run, Stmt};
@@ -101,6 +102,130 @@ fn answer(allowed: bool, state: &str, probe: bool, retry_after_ms: Option<i64>) 
 /// should wait before asking again.
 const PROBES_OUT_RETRY_MS: i64 = 1000;
 
+/// `integrity.circuit_breakers` as integrity creates it, for the direct
+/// read of `breaker_allow`.
+static BREAKERS: Spec = Spec {
+    slot: 2,
+    table: c"circuit_breakers",
+    columns: &[
+        "key",
+        "state",
+        "window_size",
+        "minimum_calls",
+        "failure_rate",
+        "slow_call_ms",
+        "slow_call_rate",
+        "open_for",
+        "half_open_calls",
+        "review_on_open",
+        "outcomes",
+        "probes_admitted",
+        "probe_outcomes",
+        "opened_at",
+        "half_open_at",
+        "closed_at",
+        "last_failure_at",
+        "updated_at",
+    ],
+    indexes: &[c"circuit_breakers_pkey"],
+    checks: &[],
+    policy: "",
+};
+const STATE_COL: usize = 1;
+const OPEN_FOR_COL: usize = 7;
+const OPENED_AT_COL: usize = 13;
+
+thread_local! {
+    /// (state type, OID of its label 'closed', of 'open').
+    static LABELS: std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid, pg_sys::Oid)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The OIDs of the labels 'closed' and 'open' of enum type `typ`.
+fn labels(typ: pg_sys::Oid) -> (pg_sys::Oid, pg_sys::Oid) {
+    if let Some((t, c, o)) = LABELS.with(|l| l.get()) {
+        if t == typ {
+            return (c, o);
+        }
+    }
+    let label = |name: &std::ffi::CStr| -> pg_sys::Oid {
+        // SAFETY: enum_in of a label of the enum type, returning its OID.
+        unsafe {
+            let d = pgrx::direct_function_call_as_datum(
+                pg_sys::enum_in,
+                &[Some(pg_sys::Datum::from(name.as_ptr())), typ.into_datum()],
+            );
+            pg_sys::Oid::from(d.map_or(0, |d| d.value() as u32))
+        }
+    };
+    let (c, o) = (label(c"closed"), label(c"open"));
+    LABELS.with(|l| l.set(Some((typ, c, o))));
+    (c, o)
+}
+
+/// What the direct read of a breaker found.
+enum Seen {
+    /// No row, or closed: allowed.
+    Closed,
+    /// Open, this many ms still to wait (> 0).
+    Open(i64),
+    /// Anything else (half-open, open and due for probes): SQL decides.
+    Other,
+}
+
+/// Read `key`'s breaker as a SELECT would, without SQL: the primary-key
+/// probe of `crate::direct`. `None` when the table is not as integrity
+/// created it or the role may not read it (SQL then does what it does).
+fn seen(key: &str) -> Option<Seen> {
+    let rel = Rel::open(&BREAKERS, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    let nil = pgrx::datum::Uuid::from_bytes([0; 16]);
+    if !rel.known() || !rel.allowed(pg_sys::ACL_SELECT as pg_sys::AclMode, nil) {
+        rel.close();
+        return None;
+    }
+    let k = key.into_datum()?;
+    // SAFETY: the snapshot is registered around the probe; the row's values
+    // are read while the slot holds it.
+    let found = unsafe {
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let found = rel.fetch(0, &[k], snapshot, |slot| {
+            pg_sys::slot_getallattrs(slot);
+            let at = |i: usize| {
+                let c = rel.col(i);
+                (!*(*slot).tts_isnull.add(c)).then(|| *(*slot).tts_values.add(c))
+            };
+            let desc = (*slot).tts_tupleDescriptor;
+            let typ = (*desc).attrs.as_slice((*desc).natts as usize)[rel.col(STATE_COL)].atttypid;
+            let (closed, open) = labels(typ);
+            let state = at(STATE_COL).map(|d| pg_sys::Oid::from(d.value() as u32));
+            if state == Some(closed) {
+                return Seen::Closed;
+            }
+            if state != Some(open) {
+                return Seen::Other;
+            }
+            let (Some(opened), Some(open_for)) = (at(OPENED_AT_COL), at(OPEN_FOR_COL)) else {
+                return Seen::Other;
+            };
+            let Some(open_for) = Interval::from_datum(open_for, false) else {
+                return Seen::Other;
+            };
+            let until = crate::direct::plus(opened.value() as i64, open_for);
+            let now = pg_sys::GetCurrentTransactionStartTimestamp();
+            let wait_us = until.value() as i64 - now;
+            if wait_us > 0 {
+                Seen::Open((wait_us + 999) / 1000)
+            } else {
+                Seen::Other
+            }
+        });
+        pg_sys::UnregisterSnapshot(snapshot);
+        found
+    };
+    rel.close();
+    Some(found.unwrap_or(Seen::Closed))
+}
+
 /// May a call to `key`'s service go ahead? `{"allowed":…,"state":…}`, with
 /// `"probe":true` for an admitted half-open probe and `retry_after_ms` when
 /// refused. Writes nothing while the breaker is closed.
@@ -109,6 +234,15 @@ const PROBES_OUT_RETRY_MS: i64 = 1000;
 fn breaker_allow(key: Option<&str>) -> Jsonb {
     const F: &str = "integrity.breaker_allow";
     let key = key_arg(F, key);
+    // The hot path: a closed (or unknown) breaker, or one still open, is
+    // answered from a direct read of its row.
+    match seen(key) {
+        Some(Seen::Closed) => {
+            return Jsonb::cached(&CLOSED, || answer(true, "closed", false, None))
+        }
+        Some(Seen::Open(ms)) => return answer(false, "open", false, Some(ms)),
+        _ => {}
+    }
     Spi::connect_mut(|client| {
         let (state, wait_ms) = {
             let t = read(client, &STATE, None, &[key.into()]);

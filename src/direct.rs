@@ -27,12 +27,25 @@
 //! GRANT, DROP EXTENSION, …).
 
 use crate::errors::bug;
-use pgrx::datum::Uuid;
+use pgrx::datum::{Interval, Uuid};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::ptr::null_mut;
+
+/// `now + interval`, as timestamptz + interval computes it.
+pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
+    // SAFETY: timestamptz_pl_interval of two non-NULL values; it raises
+    // 22008 when the result is out of range, as the statement would.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::timestamptz_pl_interval,
+            &[now.into_datum(), interval.into_datum()],
+        )
+        .unwrap_or_else(|| bug("timestamptz + interval returned NULL"))
+    }
+}
 
 /// One of integrity's tables, as integrity creates it.
 pub struct Spec {
@@ -53,7 +66,7 @@ pub struct Spec {
 }
 
 /// How many tables have a slot.
-const TABLES: usize = 2;
+const TABLES: usize = 3;
 /// Most columns a `Spec` may list.
 const MAX_COLUMNS: usize = 24;
 /// Most indexes on a table whose IndexInfo we keep.

@@ -337,7 +337,7 @@ fn taken_by_another(k: &Key<'_>) -> ! {
 /// ran out: then it is written as processing, and the statements answer).
 fn settle_pending(k: &Key<'_>, how: &direct::Settle<'_>) -> Option<Jsonb> {
     let p = pending::take(k)?;
-    let live = direct::plus(p.begun, p.lease).value() as i64 > now();
+    let live = crate::direct::plus(p.begun, p.lease).value() as i64 > now();
     let row = direct::NewRow {
         fingerprint: &p.fingerprint,
         lease: p.lease,

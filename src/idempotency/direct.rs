@@ -12,7 +12,7 @@
 //! transaction, a key whose lease ran out).
 
 use super::Key;
-use crate::direct::{xact_snapshot, Rel, Spec, Writer};
+use crate::direct::{plus, xact_snapshot, Rel, Spec, Writer};
 use crate::jsonb::{Builder, Jsonb};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -95,18 +95,6 @@ fn key_datums(k: &Key<'_>) -> [pg_sys::Datum; 3] {
 /// `slot` holds a row; `slot_getallattrs` was called on it.
 unsafe fn value(slot: *mut pg_sys::TupleTableSlot, at: usize) -> Option<pg_sys::Datum> {
     (!*(*slot).tts_isnull.add(at)).then(|| *(*slot).tts_values.add(at))
-}
-
-/// `now + interval`, as timestamptz + interval computes it.
-pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
-    // SAFETY: timestamptz_pl_interval of two non-NULL values; it raises
-    // 22008 when the result is out of range, as the statement would.
-    unsafe {
-        datum(pgrx::direct_function_call_as_datum(
-            pg_sys::timestamptz_pl_interval,
-            &[now.into_datum(), interval.into_datum()],
-        ))
-    }
 }
 
 /// The keys table, opened with the lock writing a key's row takes (ROW
