@@ -187,7 +187,13 @@ fn seen(key: &str) -> Option<Seen> {
     // SAFETY: the snapshot is registered around the probe; the row's values
     // are read while the slot holds it.
     let found = unsafe {
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        // The calling statement's snapshot, as a STABLE function would
+        // read (taking a new one costs more than the read under load).
+        let snapshot = pg_sys::RegisterSnapshot(if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        });
         let found = rel.fetch(0, &[k], snapshot, |slot| {
             pg_sys::slot_getallattrs(slot);
             let at = |i: usize| {
@@ -229,8 +235,11 @@ fn seen(key: &str) -> Option<Seen> {
 /// May a call to `key`'s service go ahead? `{"allowed":…,"state":…}`, with
 /// `"probe":true` for an admitted half-open probe and `retry_after_ms` when
 /// refused. Writes nothing while the breaker is closed.
+///
+/// Its `search_path` is pinned around the SQL of the slow path only, not in
+/// its definition (as the trigger functions do): the hot path runs no SQL,
+/// and a SET in the definition costs more than the direct read itself.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn breaker_allow(key: Option<&str>) -> Jsonb {
     const F: &str = "integrity.breaker_allow";
     let key = key_arg(F, key);
@@ -243,41 +252,56 @@ fn breaker_allow(key: Option<&str>) -> Jsonb {
         Some(Seen::Open(ms)) => return answer(false, "open", false, Some(ms)),
         _ => {}
     }
-    Spi::connect_mut(|client| {
-        let (state, wait_ms) = {
-            let t = read(client, &STATE, None, &[key.into()]);
-            let row = t.first();
-            (
-                row.get::<String>(1).ok().flatten(),
-                row.get::<i64>(2).ok().flatten().unwrap_or(0),
-            )
-        };
-        match state.as_deref() {
-            None | Some("closed") => Jsonb::cached(&CLOSED, || answer(true, "closed", false, None)),
-            Some("open") if wait_ms > 0 => answer(false, "open", false, Some(wait_ms)),
-            Some(state) => {
-                if state == "open" && !run(client, &TO_HALF_OPEN, None, &[key.into()]).is_empty() {
-                    run(
-                        client,
-                        &EVENT,
-                        None,
-                        &[
-                            key.into(),
-                            "open".into(),
-                            "half_open".into(),
-                            Jsonb::from_text("{}").into(),
-                        ],
-                    );
-                    return answer(true, "half_open", true, None);
+    crate::plans::with_settings(
+        &[(c"search_path", c"pg_catalog, pg_temp")],
+        allow_by_sql_of(key),
+    )
+}
+
+/// The slow path of `breaker_allow`, by SQL: a half-open breaker, one due
+/// for probes, or a table not as integrity created it.
+fn allow_by_sql_of(key: &str) -> impl FnOnce() -> Jsonb + '_ {
+    move || {
+        Spi::connect_mut(|client| {
+            let (state, wait_ms) = {
+                let t = read(client, &STATE, None, &[key.into()]);
+                let row = t.first();
+                (
+                    row.get::<String>(1).ok().flatten(),
+                    row.get::<i64>(2).ok().flatten().unwrap_or(0),
+                )
+            };
+            match state.as_deref() {
+                None | Some("closed") => {
+                    Jsonb::cached(&CLOSED, || answer(true, "closed", false, None))
                 }
-                if !run(client, &ADMIT_PROBE, None, &[key.into()]).is_empty() {
-                    answer(true, "half_open", true, None)
-                } else {
-                    answer(false, "half_open", false, Some(PROBES_OUT_RETRY_MS))
+                Some("open") if wait_ms > 0 => answer(false, "open", false, Some(wait_ms)),
+                Some(state) => {
+                    if state == "open"
+                        && !run(client, &TO_HALF_OPEN, None, &[key.into()]).is_empty()
+                    {
+                        run(
+                            client,
+                            &EVENT,
+                            None,
+                            &[
+                                key.into(),
+                                "open".into(),
+                                "half_open".into(),
+                                Jsonb::from_text("{}").into(),
+                            ],
+                        );
+                        return answer(true, "half_open", true, None);
+                    }
+                    if !run(client, &ADMIT_PROBE, None, &[key.into()]).is_empty() {
+                        answer(true, "half_open", true, None)
+                    } else {
+                        answer(false, "half_open", false, Some(PROBES_OUT_RETRY_MS))
+                    }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 static ENSURE: Stmt = Stmt {
