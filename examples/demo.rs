@@ -625,5 +625,91 @@ fn main() {
         h.get::<_, i64>(4)
     );
     assert!(done);
-    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive. The throwaway cluster is stopped and removed.");
+
+    section(
+        "12. The payment provider fails: one shared breaker opens for every client, probes, closes",
+    );
+    c.batch_execute(
+        "SELECT integrity.breaker_configure('payments.stripe', window_size => 10, minimum_calls => 5,
+             failure_rate => 0.5, open_for => '2 seconds', half_open_calls => 2)",
+    )
+    .unwrap();
+    let allow = |c: &mut Client| -> Value {
+        c.query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
+            .unwrap()
+            .get(0)
+    };
+    let record = |c: &mut Client, ok: bool| -> String {
+        c.query_one(
+            "SELECT integrity.breaker_record('payments.stripe', $1)",
+            &[&ok],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for ok in [true, true, false, false, false] {
+        let a = allow(&mut c);
+        let state = record(&mut c, ok);
+        println!(
+            "  allow -> {a}; the charge {} -> breaker {state}",
+            if ok { "succeeds" } else { "times out" }
+        );
+    }
+    // Eight app instances ask at once while it is open: all refused.
+    let barrier = Arc::new(Barrier::new(8));
+    let asks: Vec<_> = (0..8)
+        .map(|_| {
+            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&ci, common::NoTls).unwrap();
+                barrier.wait();
+                let a: Value = c
+                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
+                    .unwrap()
+                    .get(0);
+                a["allowed"] == true
+            })
+        })
+        .collect();
+    let let_through = asks
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|a| *a)
+        .count();
+    println!("  8 app instances ask at once while it is open: {let_through} let through");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let barrier = Arc::new(Barrier::new(8));
+    let asks: Vec<_> = (0..8)
+        .map(|_| {
+            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&ci, common::NoTls).unwrap();
+                barrier.wait();
+                let a: Value = c
+                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
+                    .unwrap()
+                    .get(0);
+                a["probe"] == true
+            })
+        })
+        .collect();
+    let probes = asks
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|p| *p)
+        .count();
+    println!("  after open_for, 8 instances ask at once: {probes} admitted as probes (half_open_calls = 2)");
+    let s1 = record(&mut c, true);
+    let s2 = record(&mut c, true);
+    println!("  both probes succeed: breaker {s1}, then {s2}");
+    let events: String = c
+        .query_one(
+            "SELECT string_agg(from_state || ' -> ' || to_state, ', ' ORDER BY id) FROM integrity.breaker_events",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    println!("  integrity.breaker_events: {events}");
+    assert_eq!((let_through, probes, s2.as_str()), (0, 2, "closed"));
+    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive, the breaker closed again. The throwaway cluster is stopped and removed.");
 }
