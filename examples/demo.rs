@@ -15,6 +15,30 @@ const ORG: &str = "0000000a-0000-0000-0000-000000000000";
 const DR_SMITH: &str = "00000000-0000-0000-0000-00000000005a";
 const DR_JONES: &str = "00000000-0000-0000-0000-00000000003b";
 
+/// `n` connections call `breaker_allow('payments.stripe')` at the same
+/// moment; how many answers have `field` true.
+fn ask_at_once(cluster: &Cluster, n: usize, field: &'static str) -> usize {
+    let barrier = Arc::new(Barrier::new(n));
+    let asks: Vec<_> = (0..n)
+        .map(|_| {
+            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&ci, common::NoTls).unwrap();
+                barrier.wait();
+                let a: Value = c
+                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
+                    .unwrap()
+                    .get(0);
+                a[field] == true
+            })
+        })
+        .collect();
+    asks.into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|t| *t)
+        .count()
+}
+
 fn q(c: &mut Client, sql: &str) -> Value {
     let s: String = c
         .query_one(&format!("SELECT ({sql})::text"), &[])
@@ -656,48 +680,10 @@ fn main() {
         );
     }
     // Eight app instances ask at once while it is open: all refused.
-    let barrier = Arc::new(Barrier::new(8));
-    let asks: Vec<_> = (0..8)
-        .map(|_| {
-            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(&ci, common::NoTls).unwrap();
-                barrier.wait();
-                let a: Value = c
-                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
-                    .unwrap()
-                    .get(0);
-                a["allowed"] == true
-            })
-        })
-        .collect();
-    let let_through = asks
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|a| *a)
-        .count();
+    let let_through = ask_at_once(&cluster, 8, "allowed");
     println!("  8 app instances ask at once while it is open: {let_through} let through");
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let barrier = Arc::new(Barrier::new(8));
-    let asks: Vec<_> = (0..8)
-        .map(|_| {
-            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(&ci, common::NoTls).unwrap();
-                barrier.wait();
-                let a: Value = c
-                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
-                    .unwrap()
-                    .get(0);
-                a["probe"] == true
-            })
-        })
-        .collect();
-    let probes = asks
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|p| *p)
-        .count();
+    let probes = ask_at_once(&cluster, 8, "probe");
     println!("  after open_for, 8 instances ask at once: {probes} admitted as probes (half_open_calls = 2)");
     let s1 = record(&mut c, true);
     let s2 = record(&mut c, true);
