@@ -23,6 +23,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
 mod shared;
 
 use common::Cluster;
