@@ -34,6 +34,8 @@ mod idempotency;
 mod keys;
 /// The manual review queue.
 mod review;
+/// Integration sync state: external ids, fingerprints, leases.
+mod sync;
 /// Trigger functions that keep the user's own tables consistent, with corrections logged.
 mod triggers;
 

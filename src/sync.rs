@@ -1,0 +1,553 @@
+//! Integration sync state: which external record each entity is linked to,
+//! whether its last synced payload is current, and who is syncing it now.
+//!
+//! `sync_start` takes the entity's lock (an advisory lock, to the end of the
+//! transaction) and decides `create` | `update` | `skip` | `in_progress`;
+//! `sync_succeeded` takes the external id's lock before it links, so two
+//! entities racing for one external id are decided one after the other: the
+//! second gets `external_id_conflict` as data, never a raw 23505. Rows are
+//! locked, then updated (no `ON CONFLICT` across the table's two unique
+//! keys).
+
+use crate::errors::{raise, required, text_arg, Kind};
+use crate::jsonb::{Builder, Jsonb};
+use crate::keys::{fingerprint_of, lock_key_of, uuid_text};
+use crate::plans::{read, run, Stmt};
+use pgrx::datum::{Interval, Uuid};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pgrx::extension_sql_file!(
+    "../sql/sync.sql",
+    name = "sync_tables",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/sync_api.sql",
+    name = "sync_api",
+    requires = [
+        "sync_tables",
+        sync_start,
+        sync_succeeded,
+        sync_failed,
+        sync_lookup
+    ]
+);
+
+/// The link's key, validated.
+struct Link<'a> {
+    org_id: Uuid,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    integration: &'a str,
+}
+
+impl Link<'_> {
+    fn args(&self) -> [pgrx::datum::DatumWithOid<'_>; 4] {
+        [
+            self.org_id.into(),
+            self.entity_type.into(),
+            self.entity_id.into(),
+            self.integration.into(),
+        ]
+    }
+}
+
+fn link<'a>(
+    f: &'static str,
+    org_id: Option<Uuid>,
+    entity_type: Option<&'a str>,
+    entity_id: Option<&'a str>,
+    integration: Option<&'a str>,
+) -> Link<'a> {
+    Link {
+        org_id: required(org_id, f, "org_id"),
+        entity_type: text_arg(f, "entity_type", entity_type, 255),
+        entity_id: text_arg(f, "entity_id", entity_id, 255),
+        integration: text_arg(f, "integration", integration, 255),
+    }
+}
+
+static READ: Stmt = Stmt {
+    sql: "SELECT status, external_id, fingerprint, pending_fingerprint, retryable, last_error,
+                 locked_until > pg_catalog.now(),
+                 GREATEST(0, CEIL(EXTRACT(epoch FROM locked_until - pg_catalog.now()) * 1000))::bigint
+            FROM integrity.sync_links
+           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4
+             FOR UPDATE",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+    ],
+    writes: true,
+};
+
+static START_NEW: Stmt = Stmt {
+    sql: "INSERT INTO integrity.sync_links
+              (org_id, entity_type, entity_id, integration, status, pending_fingerprint,
+               locked_until, attempts)
+          VALUES ($1, $2, $3, $4, 'syncing', $5, pg_catalog.now() + $6, 1)",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INTERVALOID,
+    ],
+    writes: true,
+};
+
+static START_AGAIN: Stmt = Stmt {
+    sql: "UPDATE integrity.sync_links
+             SET status = 'syncing', pending_fingerprint = $5, locked_until = pg_catalog.now() + $6,
+                 attempts = attempts + 1, updated_at = pg_catalog.now()
+           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INTERVALOID,
+    ],
+    writes: true,
+};
+
+/// The row `READ` found: (status, external_id, fingerprint,
+/// pending_fingerprint, retryable, last_error, held, wait_ms).
+type Seen = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<String>,
+    bool,
+    i64,
+);
+
+fn seen(client: &mut pgrx::spi::SpiClient<'_>, l: &Link<'_>) -> Option<Seen> {
+    let t = run(client, &READ, None, &l.args());
+    let r = t.first();
+    Some((
+        r.get::<String>(1).ok().flatten()?,
+        r.get(2).ok().flatten(),
+        r.get(3).ok().flatten(),
+        r.get(4).ok().flatten(),
+        r.get(5).ok().flatten(),
+        r.get(6).ok().flatten(),
+        r.get(7).ok().flatten().unwrap_or(false),
+        r.get(8).ok().flatten().unwrap_or(0),
+    ))
+}
+
+fn action(a: &str, external_id: Option<&str>) -> Jsonb {
+    let mut b = Builder::new();
+    b.begin_object().key("action").string(a);
+    if let Some(e) = external_id {
+        b.key("external_id").string(e);
+    }
+    b.end().finish()
+}
+
+/// Before syncing an entity to an integration: `{"action": "create" |
+/// "update" | "skip" | "in_progress"}` (`in_progress` with
+/// `retry_after_ms` while another caller holds the lease).
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_start(
+    org_id: Option<Uuid>,
+    entity_type: Option<&str>,
+    entity_id: Option<&str>,
+    integration: Option<&str>,
+    payload: Option<Jsonb>,
+    lease: default!(Option<Interval>, "'5 minutes'"),
+) -> Jsonb {
+    const F: &str = "integrity.sync_start";
+    let l = link(F, org_id, entity_type, entity_id, integration);
+    let payload = required(payload, F, "payload");
+    let lease = required(lease, F, "lease");
+    let us = lease.as_micros();
+    if us <= 0 || us > 24 * 3600 * 1_000_000 {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("lease must be above zero and at most 24 hours, got {lease}"),
+            "Pass the time one sync may take, e.g. lease => '5 minutes'.",
+        );
+    }
+    let fp = fingerprint_of(payload.text().as_bytes());
+    let org = uuid_text(l.org_id.as_bytes());
+    crate::keys::advisory_lock(
+        lock_key_of([
+            &b"sync"[..],
+            &org[..],
+            l.entity_type.as_bytes(),
+            l.entity_id.as_bytes(),
+            l.integration.as_bytes(),
+        ]),
+        false,
+    );
+    Spi::connect_mut(|client| {
+        let mut args: Vec<_> = l.args().into_iter().collect();
+        args.push(fp.as_str().into());
+        args.push(lease.into());
+        let Some((status, external_id, fingerprint, pending, retryable, last_error, held, wait)) =
+            seen(client, &l)
+        else {
+            run(client, &START_NEW, None, &args);
+            return action("create", None);
+        };
+        if status == "syncing" && held {
+            return Builder::new()
+                .begin_object()
+                .key("action")
+                .string("in_progress")
+                .key("retry_after_ms")
+                .int(wait)
+                .end()
+                .finish();
+        }
+        if status == "synced" && fingerprint.as_deref() == Some(fp.as_str()) {
+            return action("skip", external_id.as_deref());
+        }
+        if status == "failed" && retryable == Some(false) && pending.as_deref() == Some(fp.as_str())
+        {
+            let mut b = Builder::new();
+            b.begin_object()
+                .key("action")
+                .string("skip")
+                .key("reason")
+                .string("failed_permanently");
+            if let Some(e) = last_error.as_deref() {
+                b.key("last_error").string(e);
+            }
+            return b.end().finish();
+        }
+        run(client, &START_AGAIN, None, &args);
+        match external_id {
+            None => action("create", None),
+            Some(e) => action("update", Some(&e)),
+        }
+    })
+}
+
+static HOLDER: Stmt = Stmt {
+    sql: "SELECT entity_type, entity_id FROM integrity.sync_links
+           WHERE org_id = $1 AND integration = $2 AND external_id = $3
+             AND NOT (entity_type = $4 AND entity_id = $5)",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+    ],
+    writes: false,
+};
+
+static SUCCEEDED: Stmt = Stmt {
+    sql: "UPDATE integrity.sync_links
+             SET external_id = $5, status = 'synced',
+                 fingerprint = COALESCE(pending_fingerprint, fingerprint), pending_fingerprint = NULL,
+                 locked_until = NULL, retryable = NULL, last_error = NULL,
+                 synced_at = pg_catalog.now(), updated_at = pg_catalog.now()
+           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+    ],
+    writes: true,
+};
+
+static FAILED: Stmt = Stmt {
+    sql: "UPDATE integrity.sync_links
+             SET status = 'failed', retryable = $5, last_error = $6, locked_until = NULL,
+                 updated_at = pg_catalog.now()
+           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4",
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::BOOLOID,
+        pg_sys::TEXTOID,
+    ],
+    writes: true,
+};
+
+fn not_started(f: &'static str, l: &Link<'_>) -> ! {
+    raise(
+        Kind::NotInPrerequisiteState,
+        f,
+        format!(
+            "{} {:?} was never started with {}",
+            l.entity_type, l.entity_id, l.integration
+        ),
+        "Call integrity.sync_start first; its answer says whether to create, update or skip.",
+    )
+}
+
+/// The sync went through: link the entity to `external_id`. `{"ok":true}`;
+/// `{"ok":false,"reason":"external_id_conflict","linked_to":{…}}` when
+/// another entity of the org holds that external id.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_succeeded(
+    org_id: Option<Uuid>,
+    entity_type: Option<&str>,
+    entity_id: Option<&str>,
+    integration: Option<&str>,
+    external_id: Option<&str>,
+) -> Jsonb {
+    const F: &str = "integrity.sync_succeeded";
+    let l = link(F, org_id, entity_type, entity_id, integration);
+    let external_id = text_arg(F, "external_id", external_id, 255);
+    let org = uuid_text(l.org_id.as_bytes());
+    // Links of one external id are decided one at a time.
+    crate::keys::advisory_lock(
+        lock_key_of([
+            &b"sync-external"[..],
+            &org[..],
+            l.integration.as_bytes(),
+            external_id.as_bytes(),
+        ]),
+        false,
+    );
+    Spi::connect_mut(|client| {
+        if seen(client, &l).is_none() {
+            not_started(F, &l);
+        }
+        let holder = {
+            let t = read(
+                client,
+                &HOLDER,
+                None,
+                &[
+                    l.org_id.into(),
+                    l.integration.into(),
+                    external_id.into(),
+                    l.entity_type.into(),
+                    l.entity_id.into(),
+                ],
+            );
+            let r = t.first();
+            r.get::<String>(1)
+                .ok()
+                .flatten()
+                .zip(r.get::<String>(2).ok().flatten())
+        };
+        if let Some((t, id)) = holder {
+            let mut args: Vec<_> = l.args().into_iter().collect();
+            args.push(false.into());
+            args.push(format!("external_id_conflict: {external_id} is linked to {t} {id}").into());
+            run(client, &FAILED, None, &args);
+            return Builder::new()
+                .begin_object()
+                .key("ok")
+                .bool(false)
+                .key("reason")
+                .string("external_id_conflict")
+                .key("linked_to")
+                .begin_object()
+                .key("entity_type")
+                .string(&t)
+                .key("entity_id")
+                .string(&id)
+                .end()
+                .end()
+                .finish();
+        }
+        let mut args: Vec<_> = l.args().into_iter().collect();
+        args.push(external_id.into());
+        run(client, &SUCCEEDED, None, &args);
+        Builder::new()
+            .begin_object()
+            .key("ok")
+            .bool(true)
+            .key("external_id")
+            .string(external_id)
+            .end()
+            .finish()
+    })
+}
+
+/// The sync failed: the lease is let go; `retryable => false` makes the
+/// next `sync_start` of the same payload `skip`.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_failed(
+    org_id: Option<Uuid>,
+    entity_type: Option<&str>,
+    entity_id: Option<&str>,
+    integration: Option<&str>,
+    error: Option<&str>,
+    retryable: default!(Option<bool>, "true"),
+) -> Jsonb {
+    const F: &str = "integrity.sync_failed";
+    let l = link(F, org_id, entity_type, entity_id, integration);
+    let retryable = retryable.unwrap_or(true);
+    Spi::connect_mut(|client| {
+        if seen(client, &l).is_none() {
+            not_started(F, &l);
+        }
+        let mut args: Vec<_> = l.args().into_iter().collect();
+        args.push(retryable.into());
+        args.push(error.into());
+        run(client, &FAILED, None, &args);
+        Builder::new()
+            .begin_object()
+            .key("ok")
+            .bool(true)
+            .key("retryable")
+            .bool(retryable)
+            .end()
+            .finish()
+    })
+}
+
+static LOOKUP: Stmt = Stmt {
+    sql: "SELECT pg_catalog.jsonb_build_object('entity_type', entity_type, 'entity_id', entity_id,
+                                                'status', status, 'synced_at', synced_at)
+            FROM integrity.sync_links WHERE org_id = $1 AND integration = $2 AND external_id = $3",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
+    writes: false,
+};
+
+/// Which entity an external id is linked to, or NULL.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_lookup(
+    org_id: Option<Uuid>,
+    integration: Option<&str>,
+    external_id: Option<&str>,
+) -> Option<Jsonb> {
+    const F: &str = "integrity.sync_lookup";
+    let org_id = required(org_id, F, "org_id");
+    let integration = text_arg(F, "integration", integration, 255);
+    let external_id = text_arg(F, "external_id", external_id, 255);
+    Spi::connect(|client| {
+        read(
+            client,
+            &LOOKUP,
+            None,
+            &[org_id.into(), integration.into(), external_id.into()],
+        )
+        .first()
+        .get_datum_by_ordinal(1)
+        .ok()
+        .flatten()
+        .map(Jsonb::from_spi)
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::{json, sqlstate};
+    use pgrx::prelude::*;
+
+    const ORG: &str = "'0000000a-0000-0000-0000-000000000000'";
+
+    fn start(id: &str, payload: &str) -> serde_json::Value {
+        json(&format!(
+            "SELECT integrity.sync_start({ORG}, 'customer', '{id}', 'crm', '{payload}')"
+        ))
+    }
+
+    #[pg_test]
+    fn sync_decides_create_update_skip_and_refuses_a_taken_external_id() {
+        assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "create");
+        // The lease is held (same transaction: it is this caller's, still running).
+        assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "in_progress");
+        let ok = json(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '1', 'crm', 'ext-1')"
+        ));
+        assert_eq!(ok["ok"], true);
+        // Twice: still ok, no conflict with itself.
+        assert_eq!(
+            json(&format!(
+                "SELECT integrity.sync_succeeded({ORG}, 'customer', '1', 'crm', 'ext-1')"
+            ))["ok"],
+            true
+        );
+        assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "skip");
+        let u = start("1", r#"{"n": "Ann B."}"#);
+        assert_eq!(
+            (u["action"].clone(), u["external_id"].clone()),
+            ("update".into(), "ext-1".into())
+        );
+        Spi::run(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '1', 'crm', 'ext-1')"
+        ))
+        .unwrap();
+        // Another customer claims ext-1: data, not 23505.
+        assert_eq!(start("2", r#"{"n": "Ann"}"#)["action"], "create");
+        let c = json(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '2', 'crm', 'ext-1')"
+        ));
+        assert_eq!(c["reason"], "external_id_conflict");
+        assert_eq!(c["linked_to"]["entity_id"], "1");
+        assert_eq!(
+            json(&format!(
+                "SELECT integrity.sync_lookup({ORG}, 'crm', 'ext-1')"
+            ))["entity_id"],
+            "1"
+        );
+        assert!(Spi::get_one::<pgrx::JsonB>(&format!(
+            "SELECT integrity.sync_lookup({ORG}, 'crm', 'nope')"
+        ))
+        .unwrap()
+        .is_none());
+        // A permanent failure of a payload: skipped until the payload changes.
+        assert_eq!(start("3", r#"{"n": "Bo"}"#)["action"], "create");
+        Spi::run(&format!(
+            "SELECT integrity.sync_failed({ORG}, 'customer', '3', 'crm', 'HTTP 422', false)"
+        ))
+        .unwrap();
+        assert_eq!(start("3", r#"{"n": "Bo"}"#)["reason"], "failed_permanently");
+        assert_eq!(start("3", r#"{"n": "Bob"}"#)["action"], "create");
+        for (sql, state) in [
+            (
+                format!("SELECT integrity.sync_start(NULL, 'c', '1', 'crm', '{{}}')"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.sync_start({ORG}, '', '1', 'crm', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.sync_start({ORG}, 'c', '1', 'crm', NULL)"),
+                "22004",
+            ),
+            (
+                format!("SELECT integrity.sync_start({ORG}, 'c', '1', 'crm', '{{}}', '0')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.sync_succeeded({ORG}, 'c', 'none', 'crm', 'x')"),
+                "55000",
+            ),
+            (
+                format!("SELECT integrity.sync_succeeded({ORG}, 'customer', '1', 'crm', '')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.sync_failed({ORG}, 'c', 'none', 'crm', 'x')"),
+                "55000",
+            ),
+            (
+                format!("SELECT integrity.sync_lookup({ORG}, 'crm', NULL)"),
+                "22004",
+            ),
+        ] {
+            assert_eq!(sqlstate(&sql), state, "{sql}");
+        }
+    }
+}
