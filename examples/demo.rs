@@ -697,5 +697,53 @@ fn main() {
         .get(0);
     println!("  integrity.breaker_events: {events}");
     assert_eq!((let_through, probes, s2.as_str()), (0, 2, "closed"));
-    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive, the breaker closed again. The throwaway cluster is stopped and removed.");
+
+    section("13. A customer synced to the CRM twice at once, without a duplicate");
+    let starts = {
+        let barrier = Arc::new(Barrier::new(4));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (ci, barrier) = (cluster.conninfo(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&ci, common::NoTls).unwrap();
+                    barrier.wait();
+                    let a: Value = c
+                        .query_one(
+                            "SELECT integrity.sync_start('0000000a-0000-0000-0000-000000000000', 'customer', '106',
+                                                         'crm', '{\"name\": \"Ann\"}')",
+                            &[],
+                        )
+                        .unwrap()
+                        .get(0);
+                    a["action"].as_str().unwrap_or("?").to_string()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    println!("  4 workers start syncing customer 106 at once: {starts:?}");
+    let ok = q(
+        &mut c,
+        "SELECT integrity.sync_succeeded('0000000a-0000-0000-0000-000000000000', 'customer', '106', 'crm', 'crm-77')",
+    );
+    println!("  the one that created it reports crm-77: {ok}");
+    let again = q(
+        &mut c,
+        "SELECT integrity.sync_start('0000000a-0000-0000-0000-000000000000', 'customer', '106', 'crm', '{\"name\": \"Ann\"}')",
+    );
+    println!("  the same payload again: {again}");
+    c.batch_execute(
+        "SELECT integrity.sync_start('0000000a-0000-0000-0000-000000000000', 'customer', '107', 'crm', '{\"name\": \"Ann\"}')",
+    )
+    .unwrap();
+    let dup = q(
+        &mut c,
+        "SELECT integrity.sync_succeeded('0000000a-0000-0000-0000-000000000000', 'customer', '107', 'crm', 'crm-77')",
+    );
+    println!("  a second customer record claims crm-77: {dup}");
+    assert_eq!(starts.iter().filter(|a| *a == "create").count(), 1);
+    assert_eq!(dup["reason"], "external_id_conflict");
+    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive, the breaker closed again, one CRM record per customer. The throwaway cluster is stopped and removed.");
 }
