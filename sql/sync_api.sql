@@ -6,3 +6,5 @@ COMMENT ON FUNCTION integrity.sync_failed(uuid, text, text, text, text, boolean)
 'The sync failed: the lease is let go; retryable => false makes sync_start skip the same payload.';
 COMMENT ON FUNCTION integrity.sync_lookup(uuid, text, text) IS
 'Which entity an external id of an integration is linked to ({"entity_type", "entity_id", "status", "synced_at"}), or NULL.';
+COMMENT ON FUNCTION integrity.sync_health(text) IS
+'An integration''s links at a glance, as jsonb: links per status (synced, syncing, failed, failed_permanently, orphaned), expired leases, links never synced, the oldest failure and the last sync.';

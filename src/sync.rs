@@ -447,6 +447,42 @@ fn sync_lookup(
     })
 }
 
+static HEALTH: Stmt = Stmt {
+    sql: "SELECT pg_catalog.jsonb_build_object(
+                 'integration', $1::text,
+                 'links', pg_catalog.count(*),
+                 'synced', pg_catalog.count(*) FILTER (WHERE status = 'synced'),
+                 'syncing', pg_catalog.count(*) FILTER (WHERE status = 'syncing'),
+                 'failed', pg_catalog.count(*) FILTER (WHERE status = 'failed'),
+                 'failed_permanently', pg_catalog.count(*) FILTER (WHERE status = 'failed' AND retryable = false),
+                 'orphaned', pg_catalog.count(*) FILTER (WHERE status = 'orphaned'),
+                 'expired_leases', pg_catalog.count(*) FILTER (WHERE status = 'syncing'
+                                                             AND locked_until < pg_catalog.now()),
+                 'never_synced', pg_catalog.count(*) FILTER (WHERE external_id IS NULL),
+                 'oldest_failure_at', pg_catalog.min(updated_at) FILTER (WHERE status = 'failed'),
+                 'last_synced_at', pg_catalog.max(synced_at))
+            FROM integrity.sync_links WHERE integration = $1",
+    args: &[pg_sys::TEXTOID],
+    writes: false,
+};
+
+/// An integration's links at a glance: counts per status, expired leases,
+/// links never synced, the oldest failure and the last sync.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sync_health(integration: Option<&str>) -> Jsonb {
+    let integration = text_arg("integrity.sync_health", "integration", integration, 255);
+    Spi::connect(|client| {
+        let d = read(client, &HEALTH, None, &[integration.into()])
+            .first()
+            .get_datum_by_ordinal(1)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| crate::errors::bug("sync_health returned nothing"));
+        Jsonb::from_spi(d)
+    })
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -513,6 +549,19 @@ mod tests {
         .unwrap();
         assert_eq!(start("3", r#"{"n": "Bo"}"#)["reason"], "failed_permanently");
         assert_eq!(start("3", r#"{"n": "Bob"}"#)["action"], "create");
+        let h = json("SELECT integrity.sync_health('crm')");
+        assert_eq!(
+            (
+                h["links"].clone(),
+                h["synced"].clone(),
+                h["failed"].clone(),
+                h["syncing"].clone()
+            ),
+            (3.into(), 1.into(), 1.into(), 1.into()),
+            "{h}"
+        );
+        assert_eq!(json("SELECT integrity.sync_health('nothing')")["links"], 0);
+        assert_eq!(sqlstate("SELECT integrity.sync_health(NULL)"), "22004");
         for (sql, state) in [
             (
                 format!("SELECT integrity.sync_start(NULL, 'c', '1', 'crm', '{{}}')"),
