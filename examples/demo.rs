@@ -15,9 +15,9 @@ const ORG: &str = "0000000a-0000-0000-0000-000000000000";
 const DR_SMITH: &str = "00000000-0000-0000-0000-00000000005a";
 const DR_JONES: &str = "00000000-0000-0000-0000-00000000003b";
 
-/// `n` connections call `breaker_allow('payments.stripe')` at the same
-/// moment; how many answers have `field` true.
-fn ask_at_once(cluster: &Cluster, n: usize, field: &'static str) -> usize {
+/// `n` connections run `sql` (returning one jsonb) at the same moment;
+/// their answers.
+fn at_once(cluster: &Cluster, n: usize, sql: &'static str) -> Vec<Value> {
     let barrier = Arc::new(Barrier::new(n));
     let asks: Vec<_> = (0..n)
         .map(|_| {
@@ -25,18 +25,24 @@ fn ask_at_once(cluster: &Cluster, n: usize, field: &'static str) -> usize {
             std::thread::spawn(move || {
                 let mut c = Client::connect(&ci, common::NoTls).unwrap();
                 barrier.wait();
-                let a: Value = c
-                    .query_one("SELECT integrity.breaker_allow('payments.stripe')", &[])
-                    .unwrap()
-                    .get(0);
-                a[field] == true
+                c.query_one(sql, &[]).unwrap().get::<_, Value>(0)
             })
         })
         .collect();
-    asks.into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|t| *t)
-        .count()
+    asks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// `n` connections call `breaker_allow('payments.stripe')` at the same
+/// moment; how many answers have `field` true.
+fn ask_at_once(cluster: &Cluster, n: usize, field: &'static str) -> usize {
+    at_once(
+        cluster,
+        n,
+        "SELECT integrity.breaker_allow('payments.stripe')",
+    )
+    .iter()
+    .filter(|a| a[field] == true)
+    .count()
 }
 
 fn q(c: &mut Client, sql: &str) -> Value {
@@ -699,30 +705,15 @@ fn main() {
     assert_eq!((let_through, probes, s2.as_str()), (0, 2, "closed"));
 
     section("13. A customer synced to the CRM twice at once, without a duplicate");
-    let starts = {
-        let barrier = Arc::new(Barrier::new(4));
-        let hs: Vec<_> = (0..4)
-            .map(|_| {
-                let (ci, barrier) = (cluster.conninfo(), barrier.clone());
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(&ci, common::NoTls).unwrap();
-                    barrier.wait();
-                    let a: Value = c
-                        .query_one(
-                            "SELECT integrity.sync_start('0000000a-0000-0000-0000-000000000000', 'customer', '106',
-                                                         'crm', '{\"name\": \"Ann\"}')",
-                            &[],
-                        )
-                        .unwrap()
-                        .get(0);
-                    a["action"].as_str().unwrap_or("?").to_string()
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let starts: Vec<String> = at_once(
+        &cluster,
+        4,
+        "SELECT integrity.sync_start('0000000a-0000-0000-0000-000000000000', 'customer', '106',
+                                     'crm', '{\"name\": \"Ann\"}')",
+    )
+    .iter()
+    .map(|a| a["action"].as_str().unwrap_or("?").to_string())
+    .collect();
     println!("  4 workers start syncing customer 106 at once: {starts:?}");
     let ok = q(
         &mut c,

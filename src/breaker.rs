@@ -422,12 +422,13 @@ fn breaker_record(
             // A late result from before the breaker opened: nothing to do.
             _ => return state,
         };
-        let basis = if state == "half_open" && next != "half_open" {
-            &probe_outcomes
+        // The outcomes that decided: those that opened it (window or
+        // probes, in `outcomes`), else the probes that closed it.
+        let basis = if next != "open" && state == "half_open" {
+            probe_outcomes.clone()
         } else {
-            &outcomes
+            outcomes.clone()
         };
-        let basis = if next == "open" { &outcomes } else { basis }.clone();
         run(
             client,
             &SAVE,

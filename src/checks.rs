@@ -464,6 +464,8 @@ const STATEMENT_TIMEOUT: i32 = 3;
 /// and it comes first, stays in charge (and its cancel is not the check's).
 struct Deadline {
     armed: bool,
+    /// Armed and not yet disarmed: `disarm` undoes `arm` once.
+    live: std::cell::Cell<bool>,
     at: pg_sys::TimestampTz,
     outer: Option<pg_sys::TimestampTz>,
 }
@@ -479,6 +481,7 @@ impl Deadline {
             if ms <= 0 || outer.is_some_and(|o| o <= at) {
                 return Deadline {
                     armed: false,
+                    live: std::cell::Cell::new(false),
                     at,
                     outer,
                 };
@@ -486,6 +489,7 @@ impl Deadline {
             enable_timeout_at(STATEMENT_TIMEOUT, at);
             Deadline {
                 armed: true,
+                live: std::cell::Cell::new(true),
                 at,
                 outer,
             }
@@ -493,7 +497,7 @@ impl Deadline {
     }
 
     fn disarm(&self) {
-        if !self.armed {
+        if !self.live.replace(false) {
             return;
         }
         // SAFETY: as in `arm`.

@@ -84,19 +84,22 @@ static READ: Stmt = Stmt {
     writes: true,
 };
 
+/// The link's key, the payload's fingerprint, the lease.
+const STARTING: &[pg_sys::Oid] = &[
+    pg_sys::UUIDOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::INTERVALOID,
+];
+
 static START_NEW: Stmt = Stmt {
     sql: "INSERT INTO integrity.sync_links
               (org_id, entity_type, entity_id, integration, status, pending_fingerprint,
                locked_until, attempts)
           VALUES ($1, $2, $3, $4, 'syncing', $5, pg_catalog.now() + $6, 1)",
-    args: &[
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::INTERVALOID,
-    ],
+    args: STARTING,
     writes: true,
 };
 
@@ -105,14 +108,7 @@ static START_AGAIN: Stmt = Stmt {
              SET status = 'syncing', pending_fingerprint = $5, locked_until = pg_catalog.now() + $6,
                  attempts = attempts + 1, updated_at = pg_catalog.now()
            WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4",
-    args: &[
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::INTERVALOID,
-    ],
+    args: STARTING,
     writes: true,
 };
 

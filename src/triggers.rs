@@ -753,6 +753,15 @@ impl Rule {
         }
     }
 
+    /// The trigger function whose rule it is.
+    fn func(&self) -> &'static str {
+        match self {
+            Rule::Default(_) => TG_DEFAULT,
+            Rule::Link(_) => TG_LINK_STATUS,
+            Rule::Implies(_) => TG_IMPLIES,
+        }
+    }
+
     /// Enforce the rule (of trigger `f`) on `row`.
     fn enforce(&self, f: &Fired<'_>, row: &mut Row) {
         match self {
@@ -964,12 +973,13 @@ fn before_rules<'a>(
             rule.enforce(&f, &mut row);
         } else {
             let td = member(&f, &all[*k]);
-            let func = match rule {
-                Rule::Default(_) => TG_DEFAULT,
-                Rule::Link(_) => TG_LINK_STATUS,
-                Rule::Implies(_) => TG_IMPLIES,
-            };
-            rule.enforce(&Fired { td: &td, func }, &mut row);
+            rule.enforce(
+                &Fired {
+                    td: &td,
+                    func: rule.func(),
+                },
+                &mut row,
+            );
         }
     }
     if g.members.len() > 1 && !slot.is_null() {
