@@ -8,3 +8,15 @@ COMMENT ON FUNCTION integrity.sync_lookup(uuid, text, text) IS
 'Which entity an external id of an integration is linked to ({"entity_type", "entity_id", "status", "synced_at"}), or NULL.';
 COMMENT ON FUNCTION integrity.sync_health(text) IS
 'An integration''s links at a glance, as jsonb: links per status (synced, syncing, failed, failed_permanently, orphaned), expired leases, links never synced, the oldest failure and the last sync.';
+
+CREATE FUNCTION integrity.find_orphans(integration text, entity_table regclass, id_col text DEFAULT 'id',
+                                       deleted_col text DEFAULT NULL, of_type text DEFAULT NULL,
+                                       mark boolean DEFAULT false)
+RETURNS TABLE (org_id uuid, entity_type text, entity_id text, external_id text, status text, reason text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM integrity.find_orphans_by_oid(integration, entity_table::oid, id_col, deleted_col,
+                                                  of_type, mark) $$;
+COMMENT ON FUNCTION integrity.find_orphans(text, regclass, text, text, text, boolean) IS
+'Links of an integration whose entity is gone from entity_table (reason missing) or soft-deleted there (deleted: deleted_col set, or true for a boolean). of_type: the links'' entity_type (default: the integration''s only one). mark => true sets them orphaned.';
+COMMENT ON FUNCTION integrity.find_orphans_by_oid(text, oid, text, text, text, boolean) IS
+'integrity.find_orphans with the entity table given by OID.';

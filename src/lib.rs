@@ -32,6 +32,8 @@ mod deliveries;
 mod idempotency;
 /// Stable, documented keys: `lock_key` and `fingerprint` agree across machines and languages.
 mod keys;
+/// The user's own tables and columns: catalog lookups and quoting.
+mod names;
 /// The manual review queue.
 mod review;
 /// Integration sync state: external ids, fingerprints, leases.

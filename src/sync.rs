@@ -30,7 +30,9 @@ pgrx::extension_sql_file!(
         sync_start,
         sync_succeeded,
         sync_failed,
-        sync_lookup
+        sync_lookup,
+        sync_health,
+        find_orphans
     ]
 );
 
@@ -479,10 +481,145 @@ fn sync_health(integration: Option<&str>) -> Jsonb {
     })
 }
 
+static ENTITY_TYPES: Stmt = Stmt {
+    sql: "SELECT DISTINCT entity_type FROM integrity.sync_links WHERE integration = $1 ORDER BY 1 LIMIT 11",
+    args: &[pg_sys::TEXTOID],
+    writes: false,
+};
+
+/// The entity type whose links `find_orphans` checks: the one given, or
+/// the integration's only one.
+fn entity_type_of(
+    client: &pgrx::spi::SpiClient<'_>,
+    integration: &str,
+    given: Option<&str>,
+    table: &str,
+) -> Option<String> {
+    const F: &str = "integrity.find_orphans";
+    if given.is_some() {
+        return Some(text_arg(F, "of_type", given, 255).to_string());
+    }
+    let types: Vec<String> = read(client, &ENTITY_TYPES, None, &[integration.into()])
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    match types.len() {
+        0 | 1 => types.into_iter().next(),
+        _ => raise(
+            Kind::InvalidParameter,
+            F,
+            format!(
+                "integration {integration:?} links entities of several types ({}), so which of them are rows of {table} is ambiguous",
+                types.join(", ")
+            ),
+            format!(
+                "Name the type: integrity.find_orphans({}, '{table}', of_type => '{}').",
+                crate::names::literal(integration),
+                types[0]
+            ),
+        ),
+    }
+}
+
+/// Links of `integration` whose entity is gone from `entity_table` (`missing`)
+/// or soft-deleted there (`deleted`); `mark => true` sets them `orphaned`.
+/// `entity_table` is taken by OID: the SQL `find_orphans` takes a regclass.
+#[pg_extern(volatile, parallel_unsafe, name = "find_orphans_by_oid")]
+#[search_path(pg_catalog, pg_temp)]
+fn find_orphans(
+    integration: Option<&str>,
+    entity_table: Option<pg_sys::Oid>,
+    id_col: default!(Option<&str>, "'id'"),
+    deleted_col: default!(Option<&str>, "NULL"),
+    of_type: default!(Option<&str>, "NULL"),
+    mark: default!(Option<bool>, "false"),
+) -> TableIterator<
+    'static,
+    (
+        name!(org_id, Uuid),
+        name!(entity_type, String),
+        name!(entity_id, String),
+        name!(external_id, Option<String>),
+        name!(status, String),
+        name!(reason, String),
+    ),
+> {
+    const F: &str = "integrity.find_orphans";
+    let integration = text_arg(F, "integration", integration, 255);
+    let relid = required(entity_table, F, "entity_table");
+    crate::names::relation(F, "entity_table", relid);
+    let table = crate::names::qualified(relid);
+    let id = crate::names::column(F, "id_col", relid, required(id_col, F, "id_col"));
+    let live = match deleted_col {
+        None => String::new(),
+        Some(d) => {
+            let d = crate::names::column(F, "deleted_col", relid, d);
+            if d.typid == pg_sys::BOOLOID {
+                format!(" AND e.{} IS NOT TRUE", crate::names::quote(&d.name))
+            } else {
+                format!(" AND e.{} IS NULL", crate::names::quote(&d.name))
+            }
+        }
+    };
+    let mark = mark.unwrap_or(false);
+    let id = crate::names::quote(&id.name);
+    // Ids are compared in text, the form sync_start was given them in; the
+    // entity table is read once (a hashed anti-join), whatever its size.
+    let sql = format!(
+        "WITH orphans AS (
+             SELECT l.org_id, l.entity_type, l.entity_id, l.external_id, l.status,
+                    CASE WHEN EXISTS (SELECT 1 FROM {table} e
+                                       WHERE e.{id}::pg_catalog.text OPERATOR(pg_catalog.=) l.entity_id)
+                         THEN 'deleted' ELSE 'missing' END AS reason
+               FROM integrity.sync_links l
+              WHERE l.integration = $1 AND l.entity_type = $2
+                AND NOT EXISTS (SELECT 1 FROM {table} e
+                                 WHERE e.{id}::pg_catalog.text OPERATOR(pg_catalog.=) l.entity_id{live})
+         ), marked AS (
+             UPDATE integrity.sync_links s
+                SET status = 'orphaned', locked_until = NULL, updated_at = pg_catalog.now()
+               FROM orphans o
+              WHERE $3 AND s.org_id = o.org_id AND s.entity_type = o.entity_type
+                AND s.entity_id = o.entity_id AND s.integration = $1 AND s.status <> 'orphaned'
+             RETURNING s.org_id, s.entity_id
+         )
+         SELECT o.org_id, o.entity_type, o.entity_id, o.external_id,
+                CASE WHEN m.entity_id IS NULL THEN o.status ELSE 'orphaned' END, o.reason
+           FROM orphans o LEFT JOIN marked m ON m.org_id = o.org_id AND m.entity_id = o.entity_id
+          ORDER BY o.org_id, o.entity_id"
+    );
+    let rows = Spi::connect_mut(|client| {
+        let Some(entity_type) = entity_type_of(client, integration, of_type, &table) else {
+            return Vec::new();
+        };
+        let t = client
+            .update(
+                &sql,
+                None,
+                &[integration.into(), entity_type.as_str().into(), mark.into()],
+            )
+            .unwrap_or_else(|e| crate::errors::bug(&format!("find_orphans: {e}")));
+        t.map(|r| {
+            (
+                r.get::<Uuid>(1)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| crate::errors::bug("find_orphans org_id")),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                r.get::<String>(4).ok().flatten(),
+                r.get::<String>(5).ok().flatten().unwrap_or_default(),
+                r.get::<String>(6).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::{json, sqlstate};
+    use crate::testutil::{json, one, sqlstate, text};
     use pgrx::prelude::*;
 
     const ORG: &str = "'0000000a-0000-0000-0000-000000000000'";
@@ -593,6 +730,113 @@ mod tests {
             ),
         ] {
             assert_eq!(sqlstate(&sql), state, "{sql}");
+        }
+    }
+
+    fn linked(integration: &str, entity_type: &str, id: &str) {
+        Spi::run(&format!(
+            "SELECT integrity.sync_start({ORG}, '{entity_type}', '{id}', '{integration}', '{{}}');
+             SELECT integrity.sync_succeeded({ORG}, '{entity_type}', '{id}', '{integration}', 'x-{id}')"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn find_orphans_reports_missing_and_soft_deleted_entities_and_marks_them() {
+        Spi::run(
+            "CREATE TABLE fo_customers (id bigint PRIMARY KEY, gone_at timestamptz);
+             INSERT INTO fo_customers VALUES (1, NULL), (2, now()), (3, NULL);
+             CREATE TABLE \"Fo Odd\" (\"Key\" text PRIMARY KEY, \"Off\" boolean);
+             INSERT INTO \"Fo Odd\" VALUES ('a', false), ('b', true), ('c', NULL);",
+        )
+        .unwrap();
+        for id in ["1", "2", "3", "4"] {
+            linked("fo", "customer", id);
+        }
+        let found = |args: &str| {
+            text(&format!(
+                "SELECT coalesce(string_agg(entity_id || ':' || reason || ':' || status, ',' ORDER BY entity_id), '')
+                   FROM integrity.find_orphans({args})"
+            ))
+        };
+        assert_eq!(
+            found("'fo', 'fo_customers', 'id', 'gone_at'"),
+            "2:deleted:synced,4:missing:synced"
+        );
+        // Without a soft-delete column only the missing one is an orphan.
+        assert_eq!(found("'fo', 'fo_customers'"), "4:missing:synced");
+        assert_eq!(
+            found("'fo', 'fo_customers', 'id', 'gone_at', mark => true"),
+            "2:deleted:orphaned,4:missing:orphaned"
+        );
+        assert_eq!(json("SELECT integrity.sync_health('fo')")["orphaned"], 2);
+        // Marked once: reported again as it stands, not marked twice.
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.find_orphans('fo', 'fo_customers', 'id', 'gone_at', mark => true) WHERE status = 'orphaned'"),
+            Some(2)
+        );
+        // A quoted table with a boolean soft-delete flag; NULL counts as live.
+        for id in ["a", "b", "c", "d"] {
+            linked("fo-odd", "thing", id);
+        }
+        assert_eq!(
+            found("'fo-odd', '\"Fo Odd\"', 'Key', 'Off'"),
+            "b:deleted:synced,d:missing:synced"
+        );
+        // Two entity types in one integration: which is meant must be said.
+        linked("fo", "invoice", "1");
+        assert_eq!(
+            sqlstate("SELECT * FROM integrity.find_orphans('fo', 'fo_customers')"),
+            "22023"
+        );
+        assert!(crate::testutil::error_message(
+            "SELECT * FROM integrity.find_orphans('fo', 'fo_customers')"
+        )
+        .contains("customer, invoice"));
+        assert_eq!(found("'fo', 'fo_customers', of_type => 'invoice'"), "");
+        // No links at all: nothing.
+        assert_eq!(found("'none', 'fo_customers'"), "");
+        // Rows of other integrations are untouched.
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.sync_links WHERE integration <> 'fo' AND status = 'orphaned'"),
+            Some(0)
+        );
+        for (sql, state) in [
+            (
+                "SELECT * FROM integrity.find_orphans(NULL, 'fo_customers')",
+                "22004",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans('', 'fo_customers')",
+                "22023",
+            ),
+            ("SELECT * FROM integrity.find_orphans('fo', NULL)", "22004"),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_nope')",
+                "42P01",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans_by_oid('fo', 0)",
+                "42P01",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', 'nope')",
+                "42703",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', NULL)",
+                "22004",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', 'id', 'nope')",
+                "42703",
+            ),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', 'id', of_type => '')",
+                "22023",
+            ),
+        ] {
+            assert_eq!(sqlstate(sql), state, "{sql}");
         }
     }
 }

@@ -21,6 +21,7 @@
 use crate::errors::{raise, raise_as, Kind};
 use crate::gucs;
 use crate::jsonb::Jsonb;
+use crate::names::{literal, qualified, quote};
 use crate::plans::{run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, Oid};
@@ -203,37 +204,6 @@ impl Site for Attaching {
             format!("For example: {example}"),
         )
     }
-}
-
-/// `schema.table` of a relation, quoted as needed.
-fn qualified(relid: Oid) -> String {
-    // SAFETY: catalog lookups of an existing relation; quote_identifier
-    // returns its argument or a palloc'd quoted copy.
-    unsafe {
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
-        let rel = pg_sys::get_rel_name(relid);
-        if nsp.is_null() || rel.is_null() {
-            return format!("oid {}", relid.to_u32());
-        }
-        format!(
-            "{}.{}",
-            CStr::from_ptr(pg_sys::quote_identifier(nsp)).to_string_lossy(),
-            CStr::from_ptr(pg_sys::quote_identifier(rel)).to_string_lossy()
-        )
-    }
-}
-
-fn quote(ident: &str) -> String {
-    let c = CString::new(ident).unwrap_or_default();
-    // SAFETY: quote_identifier of a NUL-terminated string.
-    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// SQL string literal for a hint.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 // ---------------------------------------------------------------------------

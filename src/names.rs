@@ -1,0 +1,87 @@
+//! Names of the user's own tables and columns, found in the catalogs and
+//! quoted the way `quote_ident` does: the only way a user-supplied
+//! identifier reaches SQL text.
+
+use crate::errors::{raise, Kind};
+use pgrx::pg_sys::{self, Oid};
+use std::ffi::{CStr, CString};
+
+/// `schema.table` of a relation, quoted as needed.
+pub fn qualified(relid: Oid) -> String {
+    // SAFETY: catalog lookups of an existing relation; quote_identifier
+    // returns its argument or a palloc'd quoted copy.
+    unsafe {
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let rel = pg_sys::get_rel_name(relid);
+        if nsp.is_null() || rel.is_null() {
+            return format!("oid {}", relid.to_u32());
+        }
+        format!(
+            "{}.{}",
+            CStr::from_ptr(pg_sys::quote_identifier(nsp)).to_string_lossy(),
+            CStr::from_ptr(pg_sys::quote_identifier(rel)).to_string_lossy()
+        )
+    }
+}
+
+pub fn quote(ident: &str) -> String {
+    let c = CString::new(ident).unwrap_or_default();
+    // SAFETY: quote_identifier of a NUL-terminated string.
+    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// SQL string literal for a hint.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A column of a relation: its number and type.
+pub struct Column {
+    pub name: String,
+    pub typid: Oid,
+}
+
+/// The relation `relid`, or `42P01` when there is none (a dropped OID).
+pub fn relation(f: &'static str, arg: &str, relid: Oid) {
+    // SAFETY: a catalog lookup by OID; NULL when there is no such relation.
+    if unsafe { pg_sys::get_rel_name(relid) }.is_null() {
+        raise(
+            Kind::UndefinedTable,
+            f,
+            format!("{arg}: no table has OID {}", relid.to_u32()),
+            format!("Pass the table by name, e.g. {arg} => 'customers'."),
+        );
+    }
+}
+
+/// The column `name` of `relid`, or `42703` naming the argument.
+pub fn column(f: &'static str, arg: &str, relid: Oid, name: &str) -> Column {
+    let c = CString::new(name).unwrap_or_default();
+    // SAFETY: catalog lookups by OID and name.
+    let (attnum, typid) = unsafe {
+        let attnum = pg_sys::get_attnum(relid, c.as_ptr());
+        let typid = if attnum > 0 {
+            pg_sys::get_atttype(relid, attnum)
+        } else {
+            Oid::INVALID
+        };
+        (attnum, typid)
+    };
+    if attnum <= 0 {
+        raise(
+            Kind::UndefinedColumn,
+            f,
+            format!(
+                "{arg} names column {name:?}, which table {} does not have",
+                qualified(relid)
+            ),
+            "Pass the column's name as it is in the table (case matters for quoted names).",
+        );
+    }
+    Column {
+        name: name.to_string(),
+        typid,
+    }
+}
