@@ -70,7 +70,7 @@ COMMENT ON COLUMN integrity.breaker_events.details IS 'Why: calls, failure and s
 COMMENT ON INDEX integrity.breaker_events_key_idx IS 'A breaker''s events in order.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.breaker_events', '');
 
-CREATE VIEW integrity.breakers AS
+CREATE VIEW integrity.breakers WITH (security_invoker = true) AS
 SELECT b.key, b.state,
        pg_catalog.length(b.outcomes) AS calls_in_window,
        CASE WHEN b.outcomes <> '' THEN

@@ -109,7 +109,7 @@ INSERT INTO integrity.checks (name, description, severity, query, search_path, b
       AND k.locked_until < pg_catalog.now() - interval '1 hour'$q$,
  'pg_catalog, pg_temp', true, '1 hour');
 
-CREATE VIEW integrity.alert_summary AS
+CREATE VIEW integrity.alert_summary WITH (security_invoker = true) AS
 SELECT a.check_name,
        a.severity,
        pg_catalog.count(*) FILTER (WHERE a.resolved_at IS NULL)  AS open,
@@ -123,7 +123,7 @@ SELECT a.check_name,
 COMMENT ON VIEW integrity.alert_summary IS
 'Alerts per check and severity: open, auto-corrected, total, how often found, the oldest open one and the last sighting.';
 
-CREATE VIEW integrity.check_status AS
+CREATE VIEW integrity.check_status WITH (security_invoker = true) AS
 SELECT c.name,
        c.severity,
        c.enabled,

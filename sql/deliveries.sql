@@ -94,7 +94,7 @@ COMMENT ON COLUMN integrity.retry_schedules.schedule IS 'Waits before retry 1, 2
 COMMENT ON COLUMN integrity.retry_schedules.updated_at IS 'When it was last set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.retry_schedules', '');
 
-CREATE VIEW integrity.queue_health AS
+CREATE VIEW integrity.queue_health WITH (security_invoker = true) AS
 SELECT pg_catalog.count(*) FILTER (WHERE d.status = 'pending')     AS pending,
        pg_catalog.count(*) FILTER (WHERE d.status = 'processing')  AS processing,
        pg_catalog.count(*) FILTER (WHERE d.status = 'failed')      AS failed,
@@ -113,7 +113,7 @@ SELECT pg_catalog.count(*) FILTER (WHERE d.status = 'pending')     AS pending,
 COMMENT ON VIEW integrity.queue_health IS
 'The queue at a glance: deliveries per status, how many are due now, expired leases (workers that died), the age of the oldest pending delivery and how long the oldest due one has waited.';
 
-CREATE VIEW integrity.dead_letters AS
+CREATE VIEW integrity.dead_letters WITH (security_invoker = true) AS
 SELECT d.id, d.org_id, d.job_id, d.event_type, d.attempts, d.max_attempts, d.last_error,
        d.created_at, d.last_attempt_at, d.dead_at, d.ordering_key, d.payload
   FROM integrity.deliveries d

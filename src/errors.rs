@@ -130,6 +130,24 @@ pub fn required<T>(value: Option<T>, function: &'static str, arg: &'static str) 
     }
 }
 
+/// A required interval above zero, or 22004 / 22023 naming it.
+pub fn positive_interval(
+    f: &'static str,
+    arg: &'static str,
+    i: Option<pgrx::datum::Interval>,
+) -> pgrx::datum::Interval {
+    let i = required(i, f, arg);
+    if i.as_micros() <= 0 {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("{arg} must be positive"),
+            format!("Pass a positive interval for {arg}, such as '5 minutes'."),
+        );
+    }
+    i
+}
+
 /// A required text argument of 1 to `max` bytes, or 22004 / 22023 naming it.
 #[track_caller]
 pub fn text_arg<'a>(

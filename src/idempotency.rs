@@ -239,19 +239,6 @@ fn key_args<'a>(
     Key { org_id, scope, key }
 }
 
-fn positive(f: &'static str, arg: &'static str, i: Option<Interval>) -> Interval {
-    let i = required(i, f, arg);
-    if i.as_micros() <= 0 {
-        raise(
-            Kind::InvalidParameter,
-            f,
-            format!("{arg} must be positive"),
-            format!("Pass a positive interval for {arg}, such as '5 minutes'."),
-        );
-    }
-    i
-}
-
 /// The key's lock: the advisory lock
 /// `pg_advisory_xact_lock(integrity.lock_key('idempotency', org_id::text, scope, key))`.
 fn key_lock(k: &Key<'_>) -> i64 {
@@ -477,8 +464,8 @@ fn idem_begin(
     const F: &str = "integrity.idem_begin";
     let k = key_args(F, org_id, scope, key);
     let request = required(request, F, "request");
-    let lease = positive(F, "lease", lease);
-    let ttl = positive(F, "ttl", ttl);
+    let lease = crate::errors::positive_interval(F, "lease", lease);
+    let ttl = crate::errors::positive_interval(F, "ttl", ttl);
     let fingerprint = fingerprint_of(request.text().as_bytes());
 
     // The key's lock, to the end of the transaction: a duplicate waits

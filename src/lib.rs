@@ -36,6 +36,8 @@ mod keys;
 mod names;
 /// The manual review queue.
 mod review;
+/// Sagas: each step's compensation, handed out in reverse order on abort.
+mod sagas;
 /// Integration sync state: external ids, fingerprints, leases.
 mod sync;
 /// Trigger functions that keep the user's own tables consistent, with corrections logged.
