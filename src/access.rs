@@ -51,3 +51,52 @@ fn grant_access(role: Option<&str>) -> bool {
     }
     true
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testutil::one;
+    use pgrx::prelude::*;
+
+    const ORG: &str = "0000000c-0000-0000-0000-000000000001";
+    const OTHER: &str = "0000000c-0000-0000-0000-000000000002";
+
+    #[pg_test]
+    fn views_show_a_scoped_role_its_own_tenant_only() {
+        for org in [ORG, OTHER] {
+            Spi::run(&format!(
+                "SELECT integrity.enqueue('{org}', 'job-1', 'ping', '{{}}');
+                 UPDATE integrity.deliveries SET status = 'dead_letter', dead_at = now() WHERE org_id = '{org}';
+                 WITH s AS (SELECT integrity.saga_begin('{org}', 'k') AS id)
+                 SELECT integrity.saga_step(id, 'a', '{{}}') FROM s;
+                 SELECT * FROM integrity.saga_abort((SELECT id FROM integrity.sagas WHERE org_id = '{org}'));"
+            ))
+            .unwrap();
+        }
+        Spi::run("CREATE ROLE integrity_test_viewer").unwrap();
+        Spi::run("SELECT integrity.grant_access('integrity_test_viewer')").unwrap();
+        Spi::run("SET LOCAL ROLE integrity_test_viewer").unwrap();
+        Spi::run(&format!("SET LOCAL integrity.org_id = '{ORG}'")).unwrap();
+        for view in ["dead_letters", "stuck_sagas"] {
+            assert_eq!(
+                one::<i64>(&format!(
+                    "SELECT count(*) FROM integrity.{view} WHERE org_id = '{ORG}'"
+                )),
+                Some(1),
+                "{view}: the tenant's own row"
+            );
+            assert_eq!(
+                one::<i64>(&format!(
+                    "SELECT count(*) FROM integrity.{view} WHERE org_id <> '{ORG}'"
+                )),
+                Some(0),
+                "{view}: another tenant's row seen through the view"
+            );
+        }
+        assert_eq!(
+            one::<i64>("SELECT dead_letter FROM integrity.queue_health"),
+            Some(1)
+        );
+        Spi::run("RESET ROLE").unwrap();
+    }
+}

@@ -6,35 +6,14 @@
 mod common;
 
 use common::Cluster;
-use std::sync::{Arc, Barrier};
 
 const ORG: &str = "0000000a-0000-0000-0000-000000000000";
-
-fn at_once<T: Send + 'static>(
-    cluster: &Cluster,
-    n: usize,
-    f: impl Fn(usize, &mut postgres::Client) -> T + Send + Sync + 'static,
-) -> Vec<T> {
-    let barrier = Arc::new(Barrier::new(n));
-    let f = Arc::new(f);
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let (ci, barrier, f) = (cluster.conninfo(), barrier.clone(), f.clone());
-            std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
-                barrier.wait();
-                f(i, &mut c)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
 
 #[test]
 fn one_of_sixteen_creates_the_customer() {
     let cluster = Cluster::start();
     for round in 0..10 {
-        let actions = at_once(&cluster, 16, move |_, c| {
+        let actions = cluster.at_once(16, move |_, c| {
             let a: serde_json::Value = c
                 .query_one(
                     &format!(
@@ -63,7 +42,7 @@ fn two_customers_racing_for_one_external_id() {
              SELECT integrity.sync_start('{ORG}', 'customer', 'b{round}', 'crm', '{{}}');"
         ))
         .unwrap();
-        let answers = at_once(&cluster, 2, move |i, c| {
+        let answers = cluster.at_once(2, move |i, c| {
             let who = if i == 0 { "a" } else { "b" };
             c.query_one(
                 &format!(

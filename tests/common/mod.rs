@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
 
 pub use postgres::{Client, NoTls};
 
@@ -153,6 +154,31 @@ impl Cluster {
 
     pub fn connect(&self) -> Client {
         Client::connect(&self.conninfo(), NoTls).expect("connect to test cluster")
+    }
+
+    /// `f(i, client)` on `n` connections of their own, all released at the
+    /// same moment; their answers in order of `i`.
+    pub fn at_once<T: Send + 'static>(
+        &self,
+        n: usize,
+        f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let barrier = Arc::new(Barrier::new(n));
+        let f = Arc::new(f);
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (ci, barrier, f) = (self.conninfo(), barrier.clone(), f.clone());
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&ci, NoTls).expect("connect to test cluster");
+                    barrier.wait();
+                    f(i, &mut c)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a client thread panicked"))
+            .collect()
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
