@@ -40,6 +40,14 @@ pub enum Kind {
     SyntaxError,
     /// 40001: the transaction's snapshot cannot see what it must; retry.
     SerializationFailure,
+    /// 42809: the object is of the wrong kind (a view where a table is needed).
+    WrongObjectType,
+    /// 42501: the caller may not do this (e.g. index a table it does not own).
+    InsufficientPrivilege,
+    /// 42P07: a relation of that name exists already.
+    DuplicateTable,
+    /// 53400: a server limit is reached (e.g. no background worker slot).
+    ConfigurationLimitExceeded,
 }
 
 impl Kind {
@@ -61,6 +69,12 @@ impl Kind {
             Kind::DatatypeMismatch => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
             Kind::SyntaxError => PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
             Kind::SerializationFailure => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            Kind::WrongObjectType => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            Kind::InsufficientPrivilege => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Kind::DuplicateTable => PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+            Kind::ConfigurationLimitExceeded => {
+                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED
+            }
         }
     }
 }
@@ -231,6 +245,7 @@ pub fn bug(what: impl std::fmt::Display) -> ! {
 pub struct Caught {
     pub code: PgSqlErrorCode,
     pub message: String,
+    pub detail: Option<String>,
 }
 
 impl Caught {
@@ -288,6 +303,7 @@ pub fn caught(e: pgrx::pg_sys::panic::CaughtError) -> Caught {
         | CaughtError::RustPanic { ereport: r, .. } => Caught {
             code: r.sql_error_code(),
             message: r.message().to_string(),
+            detail: r.detail().map(str::to_string),
         },
     }
 }

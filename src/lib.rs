@@ -42,6 +42,8 @@ mod sagas;
 mod sync;
 /// Trigger functions that keep the user's own tables consistent, with corrections logged.
 mod triggers;
+/// Soft-delete-aware uniqueness: partial unique indexes, built concurrently by a worker.
+mod unique;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod testutil;

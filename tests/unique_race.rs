@@ -1,0 +1,217 @@
+//! unique_active's concurrent build from real clients: writers keep
+//! inserting while the background worker builds the index; a duplicate that
+//! arrives during the build fails it cleanly (no invalid index left, the
+//! error on record); a request rolled back builds nothing; callers asking at
+//! the same moment are all told of one build.
+
+mod common;
+
+use common::{sqlstate, Cluster};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The build's status once it is done or failed (or after 60 s).
+fn settled(c: &mut postgres::Client, id: i64) -> (String, Option<String>, Option<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c
+            .query_one(
+                "SELECT status, error, sqlstate FROM integrity.index_builds WHERE id = $1",
+                &[&id],
+            )
+            .unwrap();
+        let status: String = r.get(0);
+        if status == "done" || status == "failed" || Instant::now() > deadline {
+            return (status, r.get(1), r.get(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ask(c: &mut postgres::Client, sql: &str) -> serde_json::Value {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+fn indexes(c: &mut postgres::Client, table: &str) -> Vec<(String, bool)> {
+    c.query(
+        "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = $1::text::regclass AND NOT i.indisprimary ORDER BY 1",
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[test]
+fn writers_keep_writing_while_the_worker_builds_the_index() {
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
+         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 300000) g;
+         INSERT INTO people (email, deleted_at) VALUES ('U1@x.io', now());",
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (ci, stop, written) = (cluster.conninfo(), stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    c.execute(
+                        "INSERT INTO people (email) VALUES ($1)",
+                        &[&format!("w{w}-{n}@x.io")],
+                    )
+                    .unwrap();
+                    n += 1;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    assert_eq!(
+        (r["status"].clone(), r["concurrently"].clone()),
+        ("queued".into(), true.into()),
+        "{r}"
+    );
+    let before = written.load(Ordering::Relaxed);
+    let (status, error, _) = settled(&mut c, r["build_id"].as_i64().unwrap());
+    let during = written.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(status, "done", "{error:?}");
+    assert!(during > 0, "writers were blocked for the whole build");
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+    // Every live email is unique, case-insensitively; new duplicates are refused.
+    let dup: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT lower(email) FROM people WHERE deleted_at IS NULL
+                                    GROUP BY 1 HAVING count(*) > 1) d",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dup, 0);
+    assert_eq!(
+        sqlstate(&c.execute("INSERT INTO people (email) VALUES ('U2@X.IO')", &[])),
+        "23505"
+    );
+    assert_eq!(
+        ask(&mut c, "SELECT integrity.unique_active('people', 'email')")["status"],
+        "exists"
+    );
+    println!("unique_active: built concurrently while 4 writers inserted {during} rows");
+}
+
+#[test]
+fn a_duplicate_arriving_during_the_build_fails_it_cleanly() {
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
+         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 1000) g;",
+    )
+    .unwrap();
+    // A writer's duplicate, not yet committed when the duplicates are looked for.
+    let mut writer = cluster.connect();
+    let mut tx = writer.transaction().unwrap();
+    tx.execute("INSERT INTO people (email) VALUES ('U7@x.io')", &[])
+        .unwrap();
+    let r = ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    assert_eq!(r["status"], "queued", "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    tx.commit().unwrap();
+    let (status, error, state) = settled(&mut c, r["build_id"].as_i64().unwrap());
+    assert_eq!(
+        (status.as_str(), state.as_deref()),
+        ("failed", Some("23505"))
+    );
+    assert!(
+        error.as_deref().unwrap_or("").contains("u7@x.io"),
+        "the error names the value: {error:?}"
+    );
+    assert_eq!(indexes(&mut c, "people"), vec![], "no invalid index left");
+    let again = ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    assert_eq!(again["reason"], "duplicates");
+    assert_eq!(again["duplicates"][0]["value"], "u7@x.io");
+}
+
+#[test]
+fn a_request_rolled_back_builds_nothing_and_callers_at_once_get_one_build() {
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
+         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 50000) g;",
+    )
+    .unwrap();
+    let mut tx = c.transaction().unwrap();
+    let r: serde_json::Value = tx
+        .query_one("SELECT integrity.unique_active('people', 'email')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["status"], "queued");
+    tx.rollback().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'integrity unique_active'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if workers == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(indexes(&mut c, "people"), vec![]);
+    let builds: i64 = c
+        .query_one("SELECT count(*) FROM integrity.index_builds", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(builds, 0);
+    // Eight callers at the same moment: one build, the others are told of it.
+    let answers = cluster.at_once(8, |_, c| {
+        c.query_one("SELECT integrity.unique_active('people', 'email')", &[])
+            .unwrap()
+            .get::<_, serde_json::Value>(0)
+    });
+    let ids: std::collections::BTreeSet<i64> = answers
+        .iter()
+        .map(|a| a["build_id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(ids.len(), 1, "one build for all: {answers:?}");
+    for a in &answers {
+        assert!(
+            ["queued", "building"].contains(&a["status"].as_str().unwrap_or("")),
+            "{a}"
+        );
+    }
+    let id = *ids.iter().next().unwrap();
+    assert_eq!(settled(&mut c, id).0, "done");
+    let builds: i64 = c
+        .query_one("SELECT count(*) FROM integrity.index_builds", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(builds, 1);
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+}
