@@ -18,18 +18,9 @@ const DR_JONES: &str = "00000000-0000-0000-0000-00000000003b";
 /// `n` connections run `sql` (returning one jsonb) at the same moment;
 /// their answers.
 fn at_once(cluster: &Cluster, n: usize, sql: &'static str) -> Vec<Value> {
-    let barrier = Arc::new(Barrier::new(n));
-    let asks: Vec<_> = (0..n)
-        .map(|_| {
-            let (ci, barrier) = (cluster.conninfo(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(&ci, common::NoTls).unwrap();
-                barrier.wait();
-                c.query_one(sql, &[]).unwrap().get::<_, Value>(0)
-            })
-        })
-        .collect();
-    asks.into_iter().map(|h| h.join().unwrap()).collect()
+    cluster.at_once(n, move |_, c| {
+        c.query_one(sql, &[]).unwrap().get::<_, Value>(0)
+    })
 }
 
 /// `n` connections call `breaker_allow('payments.stripe')` at the same
@@ -87,26 +78,16 @@ fn main() {
 
     section("1. Twelve clients race for Dr Smith at 10:00");
     let n = 12;
-    let barrier = Arc::new(Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let ci = cluster.conninfo();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut c = postgres::Client::connect(&ci, postgres::NoTls).unwrap();
-                c.batch_execute("SET TimeZone = 'UTC'").unwrap();
-                // Different start times that all overlap 10:00-10:30.
-                let at = format!("2026-12-01 09:{:02}+00", 45 + (i % 3) * 5);
-                barrier.wait();
-                let v = q(
-                    &mut c,
-                    &format!("integrity.book('{ORG}', '{DR_SMITH}', '{at}', '30 min')"),
-                );
-                (i, at, v)
-            })
-        })
-        .collect();
-    let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut results = cluster.at_once(n, |i, c| {
+        c.batch_execute("SET TimeZone = 'UTC'").unwrap();
+        // Different start times that all overlap 10:00-10:30.
+        let at = format!("2026-12-01 09:{:02}+00", 45 + (i % 3) * 5);
+        let v = q(
+            c,
+            &format!("integrity.book('{ORG}', '{DR_SMITH}', '{at}', '30 min')"),
+        );
+        (i, at, v)
+    });
     results.sort_by_key(|r| r.0);
     let mut winners = 0;
     for (i, at, v) in &results {
@@ -736,5 +717,116 @@ fn main() {
     println!("  a second customer record claims crm-77: {dup}");
     assert_eq!(starts.iter().filter(|a| *a == "create").count(), 1);
     assert_eq!(dup["reason"], "external_id_conflict");
-    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive, the breaker closed again, one CRM record per customer. The throwaway cluster is stopped and removed.");
+
+    section(
+        "14. The duplicate customer record: merged, its CRM link orphaned, kept from coming back",
+    );
+    c.batch_execute(
+        "CREATE TABLE customers (id bigint PRIMARY KEY, email text, deleted_at timestamptz);
+         INSERT INTO customers VALUES (106, 'ann@example.com', NULL), (107, 'Ann@Example.com', NULL),
+                                      (108, 'bo@example.com', NULL);",
+    )
+    .unwrap();
+    let refused = q(
+        &mut c,
+        "SELECT integrity.unique_active('customers', 'email')",
+    );
+    println!("  a unique index on live emails, asked for while 106 and 107 share one: {refused}");
+    c.batch_execute("UPDATE customers SET deleted_at = now() WHERE id = 107")
+        .unwrap();
+    println!("  107 is merged into 106 (soft-deleted)");
+    let orphans: Vec<String> = c
+        .query(
+            "SELECT entity_id || ' (' || reason || ', now ' || status || ')'
+               FROM integrity.find_orphans('crm', 'customers', 'id', 'deleted_at', mark => true)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    println!("  CRM links whose customer is gone or deleted: {orphans:?}");
+    let queued = q(
+        &mut c,
+        "SELECT integrity.unique_active('customers', 'email')",
+    );
+    println!("  asked again: {queued}");
+    let build = queued["build_id"].as_i64().unwrap_or(0);
+    let status = loop {
+        let s: String = c
+            .query_one(
+                "SELECT status FROM integrity.index_builds WHERE id = $1",
+                &[&build],
+            )
+            .unwrap()
+            .get(0);
+        if s != "queued" && s != "building" {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    println!("  the background worker built it CONCURRENTLY: {status}");
+    let again = c
+        .execute(
+            "INSERT INTO customers VALUES (109, 'ANN@example.com', NULL)",
+            &[],
+        )
+        .map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default());
+    println!("  a new 'ANN@example.com' is refused: {again:?}");
+    assert_eq!(refused["reason"], "duplicates");
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(status, "done");
+    assert_eq!(again, Err("23505".to_string()));
+
+    section(
+        "15. A checkout saga fails at its last step; its two earlier steps are undone, last first",
+    );
+    let saga: String = c
+        .query_one(
+            &format!("SELECT integrity.saga_begin('{ORG}', 'checkout', '{{\"order\": 7}}')::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for (step, undo) in [
+        ("charge", r#"{"refund": "ch_1"}"#),
+        ("reserve", r#"{"release": "slot 10:00"}"#),
+    ] {
+        let r = q(
+            &mut c,
+            &format!("SELECT integrity.saga_step('{saga}', '{step}', '{undo}')"),
+        );
+        println!("  step {step} done, recorded with its compensation {undo}: {r}");
+    }
+    println!("  the confirmation e-mail fails for good: abort");
+    let undo: Vec<(String, String)> = c
+        .query(
+            &format!("SELECT step, compensation::text FROM integrity.saga_abort('{saga}', 'mail bounced')"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    println!("  compensations handed out: {undo:?}");
+    let stuck: i64 = c
+        .query_one("SELECT count(*) FROM integrity.stuck_sagas", &[])
+        .unwrap()
+        .get(0);
+    println!("  integrity.stuck_sagas lists it until they are done: {stuck}");
+    let mut last = Value::Null;
+    for (step, _) in &undo {
+        last = q(
+            &mut c,
+            &format!("SELECT integrity.saga_compensated('{saga}', '{step}')"),
+        );
+        println!("  {step} undone: {last}");
+    }
+    assert_eq!(
+        undo.iter().map(|u| u.0.as_str()).collect::<Vec<_>>(),
+        ["reserve", "charge"]
+    );
+    assert_eq!(last["status"], "compensated");
+
+    println!("\ndemo finished: 0 overlapping bookings, 0 inconsistent calls, 2 open alerts for people to follow up, the webhook delivered after its redrive, the breaker closed again, one CRM record per customer and one live customer per email, the failed checkout undone. The throwaway cluster is stopped and removed.");
 }
