@@ -45,16 +45,26 @@ fn indexes(c: &mut postgres::Client, table: &str) -> Vec<(String, bool)> {
     .collect()
 }
 
-#[test]
-fn writers_keep_writing_while_the_worker_builds_the_index() {
+/// A cluster with table `people` of `rows` distinct emails (and `extra`
+/// SQL after it), and a connection to it.
+fn people(rows: i64, extra: &str) -> (Cluster, postgres::Client) {
     let cluster = Cluster::start();
     let mut c = cluster.connect();
-    c.batch_execute(
+    c.batch_execute(&format!(
         "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
-         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 300000) g;
-         INSERT INTO people (email, deleted_at) VALUES ('U1@x.io', now());",
-    )
+         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, {rows}) g;
+         {extra}"
+    ))
     .unwrap();
+    (cluster, c)
+}
+
+#[test]
+fn writers_keep_writing_while_the_worker_builds_the_index() {
+    let (cluster, mut c) = people(
+        300000,
+        "INSERT INTO people (email, deleted_at) VALUES ('U1@x.io', now());",
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..4)
@@ -118,13 +128,7 @@ fn writers_keep_writing_while_the_worker_builds_the_index() {
 
 #[test]
 fn a_duplicate_arriving_during_the_build_fails_it_cleanly() {
-    let cluster = Cluster::start();
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
-         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 1000) g;",
-    )
-    .unwrap();
+    let (cluster, mut c) = people(1000, "");
     // A writer's duplicate, not yet committed when the duplicates are looked for.
     let mut writer = cluster.connect();
     let mut tx = writer.transaction().unwrap();
@@ -151,13 +155,7 @@ fn a_duplicate_arriving_during_the_build_fails_it_cleanly() {
 
 #[test]
 fn a_request_rolled_back_builds_nothing_and_callers_at_once_get_one_build() {
-    let cluster = Cluster::start();
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE TABLE people (id bigserial PRIMARY KEY, email text, deleted_at timestamptz);
-         INSERT INTO people (email) SELECT 'u' || g || '@x.io' FROM generate_series(1, 50000) g;",
-    )
-    .unwrap();
+    let (cluster, mut c) = people(50000, "");
     let mut tx = c.transaction().unwrap();
     let r: serde_json::Value = tx
         .query_one("SELECT integrity.unique_active('people', 'email')", &[])
