@@ -6,6 +6,7 @@ CREATE TABLE integrity.index_builds (
     table_oid     oid         NOT NULL,
     table_name    text        NOT NULL,
     column_name   text        NOT NULL,
+    deleted_column text,
     index_name    text        NOT NULL,
     statement     text        NOT NULL,
     requested_by  oid         NOT NULL,
@@ -25,9 +26,10 @@ COMMENT ON COLUMN integrity.index_builds.id IS 'Build id (unique_active''s build
 COMMENT ON COLUMN integrity.index_builds.table_oid IS 'The table indexed.';
 COMMENT ON COLUMN integrity.index_builds.table_name IS 'Its qualified name when the build was asked for.';
 COMMENT ON COLUMN integrity.index_builds.column_name IS 'The column kept unique among live rows.';
+COMMENT ON COLUMN integrity.index_builds.deleted_column IS 'The soft-delete column (NULL: every row counts).';
 COMMENT ON COLUMN integrity.index_builds.index_name IS 'Name of the index.';
-COMMENT ON COLUMN integrity.index_builds.statement IS 'The CREATE UNIQUE INDEX CONCURRENTLY statement the worker runs.';
-COMMENT ON COLUMN integrity.index_builds.requested_by IS 'The role that asked; the worker builds the index as that role.';
+COMMENT ON COLUMN integrity.index_builds.statement IS 'The CREATE UNIQUE INDEX CONCURRENTLY statement, for people to read: the worker works it out again from the table and columns, as the asking role.';
+COMMENT ON COLUMN integrity.index_builds.requested_by IS 'The role that asked; the worker builds the index as that role (passed to it directly, not read from here).';
 COMMENT ON COLUMN integrity.index_builds.status IS 'queued (until the asking transaction commits), building, done or failed.';
 COMMENT ON COLUMN integrity.index_builds.error IS 'Why the build failed (e.g. a duplicate that arrived during the build); its invalid index is dropped.';
 COMMENT ON COLUMN integrity.index_builds.sqlstate IS 'The failure''s SQLSTATE.';

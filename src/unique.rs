@@ -55,6 +55,18 @@ struct Wanted {
 }
 
 impl Wanted {
+    /// `schema.index`, quoted.
+    fn qualified_index(&self) -> String {
+        // SAFETY: the namespace of an existing relation.
+        let schema = unsafe { pg_sys::get_namespace_name(self.namespace) };
+        if schema.is_null() {
+            crate::errors::bug("unique_active: the table's schema is gone");
+        }
+        // SAFETY: get_namespace_name returned a palloc'd C string.
+        let schema = unsafe { CStr::from_ptr(schema) }.to_string_lossy();
+        format!("{}.{}", quote(&schema), quote(&self.index))
+    }
+
     fn create(&self, concurrently: bool) -> String {
         format!(
             "CREATE UNIQUE INDEX {}{} ON {} ({}){}",
@@ -317,19 +329,7 @@ fn unique_active(
             Some((_, true, false, _)) => {
                 // The invalid leftover of a build that did not finish.
                 client
-                    .update(
-                        &format!(
-                            "DROP INDEX {}.{}",
-                            // SAFETY: the namespace of an existing relation.
-                            quote(
-                                &unsafe { CStr::from_ptr(pg_sys::get_namespace_name(w.namespace)) }
-                                    .to_string_lossy()
-                            ),
-                            quote(&w.index)
-                        ),
-                        None,
-                        &[],
-                    )
+                    .update(&format!("DROP INDEX {}", w.qualified_index()), None, &[])
                     .unwrap_or_else(|e| crate::errors::bug(format!("unique_active drop: {e}")));
             }
             Some(_) => raise(
@@ -356,13 +356,15 @@ fn unique_active(
         let id = client
             .update(
                 "INSERT INTO integrity.index_builds
-                     (table_oid, table_name, column_name, index_name, statement, requested_by)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                     (table_oid, table_name, column_name, deleted_column, index_name, statement,
+                      requested_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                 None,
                 &[
                     w.relid.into(),
                     w.table.as_str().into(),
                     w.col.as_str().into(),
+                    deleted_col.into(),
                     w.index.as_str().into(),
                     w.create(true).as_str().into(),
                     // SAFETY: reads the session's current user.
@@ -456,36 +458,64 @@ unsafe fn top_level(sql: &str, cxt: pg_sys::MemoryContext) {
 /// `top_level(sql)` as `role`; an error is caught, its transaction aborted
 /// (as the main loop of a backend does after an error), and returned.
 fn guarded(sql: &str, role: Oid) -> Result<(), Caught> {
-    // SAFETY: the worker's own user switch, undone below; top_level runs
-    // outside any transaction, which an error leaves aborted and cleaned up.
+    as_role(role, || {
+        // SAFETY: top_level runs outside any transaction, in a context of
+        // its own that outlives the statement's transactions; an error
+        // leaves its transaction aborted, which is cleaned up here.
+        unsafe {
+            let cxt = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::TopMemoryContext,
+                c"integrity top-level statement".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            );
+            let r = pgrx::PgTryBuilder::new(|| {
+                top_level(sql, cxt);
+                Ok(())
+            })
+            .catch_others(|e| Err(caught(e)))
+            .execute();
+            if r.is_err() {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::InterruptHoldoffCount = 0;
+                pg_sys::QueryCancelHoldoffCount = 0;
+                pg_sys::CritSectionCount = 0;
+            }
+            pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            pg_sys::MemoryContextDelete(cxt);
+            r
+        }
+    })
+}
+
+/// `f()` with `role` as the current user (restored after, also on error).
+fn as_role<R>(role: Oid, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the worker's own user switch, undone below.
+    let (mut user, mut context) = (Oid::INVALID, 0);
     unsafe {
-        let (mut user, mut context) = (Oid::INVALID, 0);
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-        let cxt = pg_sys::AllocSetContextCreateInternal(
-            pg_sys::TopMemoryContext,
-            c"integrity top-level statement".as_ptr(),
-            0,
-            8 * 1024,
-            8 * 1024 * 1024,
-        );
-        let r = pgrx::PgTryBuilder::new(|| {
-            top_level(sql, cxt);
-            Ok(())
-        })
-        .catch_others(|e| Err(caught(e)))
-        .execute();
-        if r.is_err() {
-            pg_sys::AbortCurrentTransaction();
-            pg_sys::InterruptHoldoffCount = 0;
-            pg_sys::QueryCancelHoldoffCount = 0;
-            pg_sys::CritSectionCount = 0;
-        }
-        pg_sys::SetUserIdAndSecContext(user, context);
-        pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        pg_sys::MemoryContextDelete(cxt);
-        r
     }
+    let r = f();
+    // SAFETY: restores what was read above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    r
+}
+
+/// Whether `relid` has an invalid index named `name`.
+fn invalid_index(relid: Oid, name: &str) -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+                             WHERE i.indrelid = $1 AND c.relname = $2 AND NOT i.indisvalid)",
+            &[relid.into(), name.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
 }
 
 /// The background worker `unique_active` starts for one build (its id is
@@ -507,25 +537,48 @@ pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
     // the statements themselves run as the asking role.
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(Oid::from(db)), None);
     let key = build_lock(id);
-    // Wait for the asking transaction to end; then the build is ours.
-    let statement = BackgroundWorker::transaction(|| {
+    // Wait for the asking transaction to end; then the build is ours. What
+    // to build is worked out again here, as the asking role, from the
+    // table and columns asked for: never taken as SQL text from the
+    // table, which callers can write.
+    let plan = BackgroundWorker::transaction(|| {
         Spi::run("SET search_path = pg_catalog, pg_temp").ok();
         Spi::run(&format!("SELECT pg_catalog.pg_advisory_lock({key})")).ok();
-        Spi::get_one_with_args::<String>(
+        let (relid, col, deleted) = Spi::get_three_with_args::<Oid, String, String>(
             "UPDATE integrity.index_builds
                 SET status = 'building', started_at = pg_catalog.now(), pid = pg_catalog.pg_backend_pid()
               WHERE id = $1 AND status = 'queued'
-             RETURNING statement",
+             RETURNING table_oid, column_name, deleted_column",
             &[id.into()],
         )
-        .ok()
-        .flatten()
+        .ok()?;
+        let (relid, col) = (relid?, col?);
+        Some(as_role(role, || {
+            crate::errors::in_subtransaction(|| {
+                let w = wanted(relid, &col, deleted.as_deref());
+                (w.create(true), w.qualified_index(), relid, w.index)
+            })
+        }))
     });
-    let Some(statement) = statement else {
+    let Some(plan) = plan else {
         // The asking transaction rolled back (or another worker took it).
         return;
     };
-    let outcome = guarded(&statement, role);
+    let outcome = plan.and_then(|(create, index, relid, name)| {
+        guarded(&create, role).inspect_err(|e| {
+            // A failed CREATE INDEX CONCURRENTLY leaves its index behind,
+            // invalid; unless the name was taken (then nothing was made).
+            if e.sqlstate() != "42P07" && invalid_index(relid, &name) {
+                if let Err(d) = guarded(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"), role)
+                {
+                    pgrx::warning!(
+                        "integrity unique_active: could not drop the invalid index {index}: {}",
+                        d.message
+                    );
+                }
+            }
+        })
+    });
     if let Err(e) = &outcome {
         pgrx::log!(
             "integrity unique_active: build {id} failed: {}{}",
@@ -535,31 +588,6 @@ pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
                 .map(|d| format!(" ({d})"))
                 .unwrap_or_default()
         );
-    }
-    // A failed CREATE INDEX CONCURRENTLY leaves its index behind, invalid;
-    // unless it failed because the name was taken (then nothing was made).
-    if outcome.as_ref().is_err_and(|e| e.sqlstate() != "42P07") {
-        let leftover = BackgroundWorker::transaction(|| {
-            Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)
-                   FROM integrity.index_builds b
-                   JOIN pg_catalog.pg_index i ON i.indrelid = b.table_oid AND NOT i.indisvalid
-                   JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid AND c.relname = b.index_name
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE b.id = $1",
-                &[id.into()],
-            )
-            .ok()
-            .flatten()
-        });
-        if let Some(drop) = leftover {
-            if let Err(e) = guarded(&drop, role) {
-                pgrx::warning!(
-                    "integrity unique_active: could not drop the invalid index: {}",
-                    e.message
-                );
-            }
-        }
     }
     BackgroundWorker::transaction(|| {
         let (error, sqlstate) = match &outcome {

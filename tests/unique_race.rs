@@ -213,3 +213,27 @@ fn a_request_rolled_back_builds_nothing_and_callers_at_once_get_one_build() {
         vec![("people_email_active_key".to_string(), true)]
     );
 }
+
+#[test]
+fn the_worker_does_not_run_sql_text_from_its_table() {
+    let (_cluster, mut c) = people(1000, "");
+    // Callers can write integrity.index_builds; what the worker runs is
+    // worked out again from the table and column, never read as SQL.
+    let mut tx = c.transaction().unwrap();
+    let r: serde_json::Value = tx
+        .query_one("SELECT integrity.unique_active('people', 'email')", &[])
+        .unwrap()
+        .get(0);
+    let id = r["build_id"].as_i64().unwrap();
+    tx.execute(
+        "UPDATE integrity.index_builds SET statement = 'DROP TABLE people' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(settled(&mut c, id).0, "done");
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+}
