@@ -17,7 +17,7 @@ use crate::errors::{raise, required, Kind, OrBug};
 use crate::jsonb::Builder;
 use crate::jsonb::Jsonb;
 use crate::keys::{advisory_lock, advisory_unlock, fingerprint_of, lock_key_of, uuid_text};
-use crate::plans::{run, Stmt};
+use crate::plans::{pinned, run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
@@ -288,17 +288,19 @@ fn write_pending(p: &pending::Pending) {
         end: None,
     };
     let written = direct::insert(&k, &row).unwrap_or_else(|| {
-        Spi::connect_mut(|client| {
-            let [o, s, kk] = k.args();
-            let args = [
-                o,
-                s,
-                kk,
-                p.fingerprint.clone().into(),
-                p.lease.into(),
-                p.ttl.into(),
-            ];
-            !run(client, &CLAIM, Some(1), &args).is_empty()
+        pinned(|| {
+            Spi::connect_mut(|client| {
+                let [o, s, kk] = k.args();
+                let args = [
+                    o,
+                    s,
+                    kk,
+                    p.fingerprint.clone().into(),
+                    p.lease.into(),
+                    p.ttl.into(),
+                ];
+                !run(client, &CLAIM, Some(1), &args).is_empty()
+            })
         })
     });
     if !written {
@@ -387,18 +389,20 @@ fn transition(
     stmt: &'static Stmt,
     extra: Vec<DatumWithOid<'_>>,
 ) -> Jsonb {
-    Spi::connect_mut(|client| {
-        let mut args: Vec<DatumWithOid<'_>> = k.args().into();
-        args.extend(extra);
-        let r = run(client, stmt, Some(1), &args);
-        if r.is_empty() {
-            not_processing(client, f, k);
-        }
-        r.first()
-            .get_datum_by_ordinal(1)
-            .or_bug(stmt.sql)
-            .map(Jsonb::from_spi)
-            .unwrap_or_else(|| crate::errors::bug(stmt.sql))
+    pinned(|| {
+        Spi::connect_mut(|client| {
+            let mut args: Vec<DatumWithOid<'_>> = k.args().into();
+            args.extend(extra);
+            let r = run(client, stmt, Some(1), &args);
+            if r.is_empty() {
+                not_processing(client, f, k);
+            }
+            r.first()
+                .get_datum_by_ordinal(1)
+                .or_bug(stmt.sql)
+                .map(Jsonb::from_spi)
+                .unwrap_or_else(|| crate::errors::bug(stmt.sql))
+        })
     })
 }
 
@@ -452,7 +456,6 @@ fn outcome(text: String) -> Jsonb {
 
 /// Claim an idempotency key for a request, or say what to do instead.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn idem_begin(
     org_id: Option<pgrx::datum::Uuid>,
     scope: Option<&str>,
@@ -496,79 +499,81 @@ fn idem_begin(
         }
         _ => {}
     }
-    Spi::connect_mut(|client| {
-        let [o, s, kk] = k.args();
-        let claim_args = [
-            o,
-            s,
-            kk,
-            fingerprint.clone().into(),
-            lease.into(),
-            ttl.into(),
-        ];
-        // A key purged between our insert and our look is claimed again.
-        for _ in 0..3 {
-            let claimed = run(client, &CLAIM, Some(1), &claim_args);
-            if !claimed.is_empty() {
-                return started();
-            }
-            // A final answer is replayed without a lock or a write.
-            let peek = crate::plans::read(client, &PEEK, Some(1), &k.args());
-            if !peek.is_empty() {
-                if let Some(answer) =
-                    KeyRow::read(&peek.first(), PEEK.sql).final_answer(&fingerprint)
-                {
-                    return answer;
+    pinned(|| {
+        Spi::connect_mut(|client| {
+            let [o, s, kk] = k.args();
+            let claim_args = [
+                o,
+                s,
+                kk,
+                fingerprint.clone().into(),
+                lease.into(),
+                ttl.into(),
+            ];
+            // A key purged between our insert and our look is claimed again.
+            for _ in 0..3 {
+                let claimed = run(client, &CLAIM, Some(1), &claim_args);
+                if !claimed.is_empty() {
+                    return started();
                 }
-            }
-            let row = run(client, &EXISTING, Some(1), &k.args());
-            if row.is_empty() {
-                continue;
-            }
-            let key_row = KeyRow::read(&row.first(), EXISTING.sql);
-            if key_row.expired {
-                run(client, &RESTART, None, &claim_args);
-                return started();
-            }
-            if let Some(answer) = key_row.final_answer(&fingerprint) {
-                return answer;
-            }
-            if key_row.fingerprint != fingerprint {
-                return outcome(r#"{"outcome": "mismatch"}"#.into());
-            }
-            let retake = |client: &mut SpiClient<'_>, fresh: bool| -> i32 {
-                let [o, s, kk] = k.args();
-                run(
-                    client,
-                    &RETAKE,
-                    Some(1),
-                    &[o, s, kk, lease.into(), fresh.into()],
-                )
-                .first()
-                .get_one::<i32>()
-                .or_bug(RETAKE.sql)
-                .unwrap_or(0)
-            };
-            return if key_row.status == "failed" {
-                // Failed, retryable (a final failure was answered above).
-                let attempt = retake(client, true);
-                outcome(format!(r#"{{"outcome": "started", "attempt": {attempt}}}"#))
-            } else {
-                match key_row.lease_left_ms {
-                    Some(ms) if ms > 0 => outcome(format!(
-                        r#"{{"outcome": "in_progress", "retry_after_ms": {ms}}}"#
-                    )),
-                    _ => {
-                        let attempt = retake(client, false);
-                        let rp = serde_json::Value::from(key_row.recovery_point);
-                        outcome(format!(
-                            r#"{{"outcome": "resumed", "recovery_point": {rp}, "attempt": {attempt}}}"#
-                        ))
+                // A final answer is replayed without a lock or a write.
+                let peek = crate::plans::read(client, &PEEK, Some(1), &k.args());
+                if !peek.is_empty() {
+                    if let Some(answer) =
+                        KeyRow::read(&peek.first(), PEEK.sql).final_answer(&fingerprint)
+                    {
+                        return answer;
                     }
                 }
-            };
-        }
-        crate::errors::bug("idempotency key vanished three times while being claimed")
+                let row = run(client, &EXISTING, Some(1), &k.args());
+                if row.is_empty() {
+                    continue;
+                }
+                let key_row = KeyRow::read(&row.first(), EXISTING.sql);
+                if key_row.expired {
+                    run(client, &RESTART, None, &claim_args);
+                    return started();
+                }
+                if let Some(answer) = key_row.final_answer(&fingerprint) {
+                    return answer;
+                }
+                if key_row.fingerprint != fingerprint {
+                    return outcome(r#"{"outcome": "mismatch"}"#.into());
+                }
+                let retake = |client: &mut SpiClient<'_>, fresh: bool| -> i32 {
+                    let [o, s, kk] = k.args();
+                    run(
+                        client,
+                        &RETAKE,
+                        Some(1),
+                        &[o, s, kk, lease.into(), fresh.into()],
+                    )
+                    .first()
+                    .get_one::<i32>()
+                    .or_bug(RETAKE.sql)
+                    .unwrap_or(0)
+                };
+                return if key_row.status == "failed" {
+                    // Failed, retryable (a final failure was answered above).
+                    let attempt = retake(client, true);
+                    outcome(format!(r#"{{"outcome": "started", "attempt": {attempt}}}"#))
+                } else {
+                    match key_row.lease_left_ms {
+                        Some(ms) if ms > 0 => outcome(format!(
+                            r#"{{"outcome": "in_progress", "retry_after_ms": {ms}}}"#
+                        )),
+                        _ => {
+                            let attempt = retake(client, false);
+                            let rp = serde_json::Value::from(key_row.recovery_point);
+                            outcome(format!(
+                                r#"{{"outcome": "resumed", "recovery_point": {rp}, "attempt": {attempt}}}"#
+                            ))
+                        }
+                    }
+                };
+            }
+            crate::errors::bug("idempotency key vanished three times while being claimed")
+        })
     })
 }
 
@@ -592,7 +597,6 @@ fn idem_checkpoint(
 
 /// Store the response; retries with the same key replay it.
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn idem_complete(
     org_id: Option<pgrx::datum::Uuid>,
     scope: Option<&str>,
@@ -884,6 +888,50 @@ mod tests {
         assert_eq!(direct[1].0[3]["outcome"], "mismatch");
         assert_eq!(direct[0].1["status"], "completed");
         assert_eq!(direct[1].1["retryable"], false);
+    }
+
+    #[pg_test]
+    fn a_hostile_search_path_changes_no_answer() {
+        // idem_begin and idem_complete pin search_path around their SQL
+        // only: a caller's path with an `=` that is never true must not
+        // reach the statements (direct path first, then through SQL).
+        Spi::run(
+            "CREATE SCHEMA evil;
+             CREATE FUNCTION evil.never(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false';
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.never);
+             CREATE FUNCTION pg_temp.pass() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+        )
+        .unwrap();
+        for through_sql in [false, true] {
+            if through_sql {
+                Spi::run(
+                    "CREATE TRIGGER pass BEFORE INSERT OR UPDATE ON integrity.idempotency_keys
+                       FOR EACH ROW EXECUTE FUNCTION pg_temp.pass()",
+                )
+                .unwrap();
+            }
+            let key = format!("hostile-{through_sql}");
+            Spi::run("SET LOCAL search_path = evil, pg_catalog").unwrap();
+            assert_eq!(begin(&key, "{}", "")["outcome"], "started");
+            let done = json(&format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /charges', '{key}', 201, '{{\"id\": 1}}')"
+            ));
+            assert_eq!(done["ok"], true, "{done}");
+            let again = begin(&key, "{}", "");
+            assert_eq!(
+                (again["outcome"].clone(), again["response_code"].clone()),
+                ("replay".into(), 201.into()),
+                "{again}"
+            );
+            // The multi-transaction path's statements too.
+            let multi = format!("{key}-multi");
+            assert_eq!(begin(&multi, "{}", "")["outcome"], "started");
+            let cp = json(&format!(
+                "SELECT integrity.idem_checkpoint('{ORG}', 'POST /charges', '{multi}', 'charged')"
+            ));
+            assert_eq!(cp["ok"], true, "{cp}");
+            Spi::run("RESET search_path").unwrap();
+        }
     }
 
     #[pg_test]

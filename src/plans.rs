@@ -89,6 +89,13 @@ pub fn with_index_scans<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&[(c"enable_seqscan", c"off")], f)
 }
 
+/// Run `f` with `search_path = pg_catalog, pg_temp`, restored afterwards:
+/// the pin a function's `SET search_path` clause gives, only around the
+/// SQL of a function whose hot path runs none (see README, Security).
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], f)
+}
+
 /// Run `f` with each (setting, value) in `settings`, restored afterwards,
 /// as a function's SET clauses would be set, but only around `f`.
 pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
