@@ -18,7 +18,7 @@
 use crate::errors::{caught, raise, required, text_arg, Caught, Kind};
 use crate::jsonb::{Builder, Jsonb};
 use crate::names::{column, qualified, quote, relation};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -518,12 +518,27 @@ fn invalid_index(relid: Oid, name: &str) -> bool {
     })
 }
 
+extern "C-unwind" {
+    /// Postgres's SIGTERM handler for backends (`die` in postgres.c), by
+    /// its own symbol: pg_sys's `die` is a Rust wrapper, not a handler.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 /// The background worker `unique_active` starts for one build (its id is
 /// the argument; the database and the asking role are in `bgw_extra`).
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGTERM (a fast shutdown, pg_terminate_backend) ends the build at its
+    // next interrupt check, as it ends a backend's; SIGINT
+    // (pg_cancel_backend) cancels it, recorded as failed. The waits of
+    // CREATE INDEX CONCURRENTLY check for both.
+    // SAFETY: Postgres's own handler, installed before signals are unblocked.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     let id = arg.value() as i64;
     let mut extra = BackgroundWorker::get_extra()
         .split_whitespace()

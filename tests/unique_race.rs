@@ -237,3 +237,90 @@ fn the_worker_does_not_run_sql_text_from_its_table() {
         vec![("people_email_active_key".to_string(), true)]
     );
 }
+
+/// The id and pid of the build once its worker is building.
+fn building(c: &mut postgres::Client) -> (i64, i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .query_opt(
+                "SELECT id, pid FROM integrity.index_builds WHERE status = 'building' AND pid IS NOT NULL",
+                &[],
+            )
+            .unwrap();
+        if let Some(r) = r {
+            return (r.get(0), r.get(1));
+        }
+        assert!(Instant::now() < deadline, "no build started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_cancelled_or_terminated_build_is_recorded_and_cleaned_up() {
+    let (cluster, mut c) = people(1000, "");
+    // A writer's open transaction makes the build wait in its first phase.
+    let mut writer = cluster.connect();
+    writer
+        .batch_execute("BEGIN; INSERT INTO people (email) VALUES ('w1@x.io')")
+        .unwrap();
+    ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    let (id, pid) = building(&mut c);
+    c.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    writer.batch_execute("COMMIT").unwrap();
+    let (status, _, state) = settled(&mut c, id);
+    assert_eq!(
+        (status.as_str(), state.as_deref()),
+        ("failed", Some("57014"))
+    );
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![],
+        "the cancelled build's index is dropped"
+    );
+    // Terminated (a fast shutdown does the same): the worker ends at once.
+    writer
+        .batch_execute("BEGIN; INSERT INTO people (email) VALUES ('w2@x.io')")
+        .unwrap();
+    ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    let (id, pid) = building(&mut c);
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the terminated worker kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.batch_execute("COMMIT").unwrap();
+    // The next call finds the dead build, marks it failed, drops its
+    // invalid index and builds again.
+    let again = ask(&mut c, "SELECT integrity.unique_active('people', 'email')");
+    assert_eq!(again["status"], "queued", "{again}");
+    let dead: String = c
+        .query_one(
+            "SELECT status || ': ' || error FROM integrity.index_builds WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, "failed: the worker ended without finishing the build");
+    assert_eq!(
+        settled(&mut c, again["build_id"].as_i64().unwrap()).0,
+        "done"
+    );
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+}
