@@ -37,4 +37,5 @@ COMMENT ON COLUMN integrity.index_builds.pid IS 'The worker''s process id.';
 COMMENT ON COLUMN integrity.index_builds.requested_at IS 'When unique_active asked for it.';
 COMMENT ON COLUMN integrity.index_builds.started_at IS 'When the worker started building.';
 COMMENT ON COLUMN integrity.index_builds.finished_at IS 'When the build ended.';
-SELECT pg_catalog.pg_extension_config_dump('integrity.index_builds', '');
+-- Not in pg_dump's output (no pg_extension_config_dump): its rows name
+-- tables by OID, which a restored database does not share.
