@@ -162,7 +162,7 @@ fn saga_step(
             ),
             _ => return aborted(&status),
         }
-        let args = [id.into(), step.into(), compensation.clone().into()];
+        let args = [id.into(), step.into(), compensation.into()];
         let found = {
             let t = run(client, &FIND_STEP, None, &args);
             let r = t.first();

@@ -597,7 +597,7 @@ fn find_orphans(
                 None,
                 &[integration.into(), entity_type.as_str().into(), mark.into()],
             )
-            .unwrap_or_else(|e| crate::errors::bug(&format!("find_orphans: {e}")));
+            .unwrap_or_else(|e| crate::errors::bug(format!("find_orphans: {e}")));
         t.map(|r| {
             (
                 r.get::<Uuid>(1)
