@@ -1,7 +1,7 @@
 COMMENT ON FUNCTION integrity.saga_begin(uuid, text, jsonb, interval) IS
 'Begin a saga of a kind (e.g. checkout) with its payload; returns its id. stuck_after: how long it may run before integrity.stuck_sagas lists it.';
 COMMENT ON FUNCTION integrity.saga_step(uuid, text, jsonb) IS
-'Record a step that took effect, with the compensation that undoes it (NULL: nothing to undo), in the same transaction as the step''s write. {"ok":true,"seq":n}; the same step again: ok with duplicate; {"ok":false,"reason":"aborted"} when the saga was aborted first (undo the step yourself).';
+'Record a step that took effect, with the compensation that undoes it (NULL: nothing to undo), in the same transaction as the step''s write. {"ok":true,"seq":n}; the same step again: ok with duplicate (also once completed); {"ok":false,"reason":"aborted","recorded":…} when the saga was aborted first: recorded true, its compensation is among those saga_abort hands out; false, undo the step yourself.';
 COMMENT ON FUNCTION integrity.saga_complete(uuid) IS
 'The saga''s work is done: {"ok":true,"status":"completed","steps":n}, also when it already was; {"ok":false,"reason":"aborted"} when it was aborted first.';
 COMMENT ON FUNCTION integrity.saga_abort(uuid, text) IS

@@ -138,8 +138,10 @@ static ADD_STEP: Stmt = Stmt {
 
 /// Record a step that took effect, with the compensation that undoes it
 /// (NULL: nothing to undo). `{"ok":true,"seq":n}`; the same step again is
-/// `ok` with `"duplicate":true`; `{"ok":false,"reason":"aborted"}` when the
-/// saga was aborted first.
+/// `ok` with `"duplicate":true` (also once the saga completed);
+/// `{"ok":false,"reason":"aborted","recorded":…}` when the saga was aborted
+/// first (`recorded`: the step is among the compensations the abort hands
+/// out; otherwise undoing it is the caller's).
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn saga_step(
@@ -152,16 +154,6 @@ fn saga_step(
     let step = text_arg(F, "step", step, 255);
     Spi::connect_mut(|client| {
         let (status, _) = locked(client, F, id);
-        match status.as_str() {
-            "running" => {}
-            "completed" => raise(
-                Kind::NotInPrerequisiteState,
-                F,
-                format!("saga {id} is completed; it takes no more steps"),
-                "Record every step before integrity.saga_complete, or begin a new saga.",
-            ),
-            _ => return aborted(&status),
-        }
         let args = [id.into(), step.into(), compensation.into()];
         let found = {
             let t = run(client, &FIND_STEP, None, &args);
@@ -171,15 +163,41 @@ fn saga_step(
                 .flatten()
                 .map(|seq| (seq, r.get::<bool>(2).ok().flatten().unwrap_or(false)))
         };
-        let (seq, duplicate) = match found {
-            Some((_, false)) => raise(
+        let (seq, duplicate) = match (found, status.as_str()) {
+            (Some((_, false)), _) => raise(
                 Kind::InvalidParameter,
                 F,
                 format!("step {step:?} of saga {id} was recorded with another compensation"),
                 "A step is recorded once; give a different step its own name (e.g. charge-2).",
             ),
-            Some((seq, true)) => (seq, true),
-            None => {
+            // Aborted first. A step recorded before the abort is among the
+            // compensations it hands out (a retry must not undo it again);
+            // one that is not is the caller's to undo.
+            (found, "compensating" | "compensated") => {
+                let mut b = Builder::new();
+                b.begin_object()
+                    .key("ok")
+                    .bool(false)
+                    .key("reason")
+                    .string("aborted")
+                    .key("status")
+                    .string(&status)
+                    .key("recorded")
+                    .bool(found.is_some());
+                if let Some((seq, _)) = found {
+                    b.key("seq").int(seq as i64);
+                }
+                return b.end().finish();
+            }
+            // A retry of a step already recorded is answered as before.
+            (Some((seq, true)), _) => (seq, true),
+            (None, "completed") => raise(
+                Kind::NotInPrerequisiteState,
+                F,
+                format!("saga {id} is completed; it takes no more steps"),
+                "Record every step before integrity.saga_complete, or begin a new saga.",
+            ),
+            (None, _) => {
                 let t = run(client, &ADD_STEP, None, &args);
                 let seq = t
                     .first()
@@ -550,6 +568,14 @@ mod tests {
                 "SELECT count(*) FROM integrity.stuck_sagas WHERE id = '{id}'"
             )),
             Some(0)
+        );
+        // A retried step of a completed saga is answered as before.
+        let retry = json(&format!(
+            "SELECT integrity.saga_step('{id}', 'charge', '{{}}')"
+        ));
+        assert_eq!(
+            (retry["ok"].clone(), retry["duplicate"].clone()),
+            (true.into(), true.into())
         );
         let long = "x".repeat(300);
         for (sql, state) in [

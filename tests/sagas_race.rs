@@ -65,7 +65,7 @@ fn a_step_is_either_compensated_or_refused_never_lost() {
                     tx.commit().unwrap();
                     done.push(step);
                 } else {
-                    assert_eq!(a["reason"], "aborted", "{a}");
+                    assert_eq!((&a["reason"], &a["recorded"]), (&"aborted".into(), &false.into()), "{a}");
                     tx.rollback().unwrap();
                     break;
                 }
