@@ -41,6 +41,7 @@ pub fn literal(s: &str) -> String {
 pub struct Column {
     pub name: String,
     pub typid: Oid,
+    pub attnum: i16,
 }
 
 /// The relation `relid`, or `42P01` when there is none (a dropped OID).
@@ -83,5 +84,6 @@ pub fn column(f: &'static str, arg: &str, relid: Oid, name: &str) -> Column {
     Column {
         name: name.to_string(),
         typid,
+        attnum,
     }
 }

@@ -50,6 +50,15 @@ struct Wanted {
     key: String,
     live: String,
     col: String,
+    /// The column's number, and the soft-delete column's (0: none): what
+    /// the worker is told to build, by number, not read from a table.
+    col_attnum: i16,
+    deleted_attnum: i16,
+    /// The key as `pg_get_indexdef` prints it (the forms an index
+    /// unique_active built can have), and the predicate as `pg_get_expr`
+    /// prints it ("" for none).
+    key_printed: Vec<String>,
+    live_printed: String,
     relkind: u8,
     temporary: bool,
 }
@@ -83,14 +92,23 @@ impl Wanted {
     }
 }
 
-/// `{table}_{col}_active_key`, cut to Postgres's 63-byte names.
+/// `{table}_{col}_active_key`. Longer than Postgres's 63-byte names, it is
+/// cut and told apart by a hash of the table's and the column's names, so
+/// two long columns of one table do not get the same name:
+/// `{table}_{col}` cut, `_`, 8 hex digits, `_active_key`.
 fn index_name(table: &str, col: &str) -> String {
-    let mut name = format!("{table}_{col}_active_key");
+    const SUFFIX: &str = "_active_key";
     let max = pg_sys::NAMEDATALEN as usize - 1;
-    while name.len() > max {
-        name.pop();
+    let name = format!("{table}_{col}{SUFFIX}");
+    if name.len() <= max {
+        return name;
     }
-    name
+    let hash = crate::keys::lock_key_of([table.as_bytes(), col.as_bytes()]) as u64 as u32;
+    let mut stem = format!("{table}_{col}");
+    while stem.len() > max - SUFFIX.len() - 9 {
+        stem.pop();
+    }
+    format!("{stem}_{hash:08x}{SUFFIX}")
 }
 
 fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
@@ -128,21 +146,31 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
     let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
     // SAFETY: a catalog lookup of the column's type.
     unsafe { pg_sys::get_type_category_preferred(c.typid, &mut category, &mut preferred) };
-    let key = if category as u8 == pg_sys::TYPCATEGORY_STRING {
-        format!("pg_catalog.lower({})", quote(&c.name))
+    let q = quote(&c.name);
+    let (key, key_printed) = if category as u8 == pg_sys::TYPCATEGORY_STRING {
+        (
+            format!("pg_catalog.lower({q})"),
+            vec![format!("lower({q})"), format!("lower(({q})::text)")],
+        )
     } else {
-        quote(&c.name)
+        (q.clone(), vec![q])
     };
-    let live = match deleted_col {
-        None => String::new(),
+    let (live, deleted_attnum) = match deleted_col {
+        None => (String::new(), 0),
         Some(d) => {
             let d = column(F, "deleted_col", relid, d);
-            if d.typid == pg_sys::BOOLOID {
-                format!("{} IS NOT TRUE", quote(&d.name))
+            let test = if d.typid == pg_sys::BOOLOID {
+                "IS NOT TRUE"
             } else {
-                format!("{} IS NULL", quote(&d.name))
-            }
+                "IS NULL"
+            };
+            (format!("{} {test}", quote(&d.name)), d.attnum)
         }
+    };
+    let live_printed = if live.is_empty() {
+        String::new()
+    } else {
+        format!("({live})")
     };
     Wanted {
         relid,
@@ -152,18 +180,34 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
         key,
         live,
         col: col.to_string(),
+        col_attnum: c.attnum,
+        deleted_attnum,
+        key_printed,
+        live_printed,
         relkind,
         temporary,
     }
 }
 
-/// An index or other relation already named as ours: (its OID, whether it
-/// is a unique index of our table, whether it is valid, its definition).
-fn existing(client: &pgrx::spi::SpiClient<'_>, w: &Wanted) -> Option<(Oid, bool, bool, String)> {
+/// A relation already named as ours.
+struct Existing {
+    /// A unique index of our table that keeps the column unique among the
+    /// live rows as unique_active would: one key, the same key expression
+    /// and the same predicate (not just the same name).
+    ours: bool,
+    /// A unique index of our table by that name, whatever it indexes.
+    unique_index: bool,
+    valid: bool,
+    definition: String,
+}
+
+fn existing(client: &pgrx::spi::SpiClient<'_>, w: &Wanted) -> Option<Existing> {
     let t = client
         .select(
             "SELECT c.oid, COALESCE(i.indrelid = $1 AND i.indisunique, false),
-                    COALESCE(i.indisvalid, false), pg_catalog.pg_get_indexdef(c.oid)
+                    COALESCE(i.indisvalid, false), pg_catalog.pg_get_indexdef(c.oid),
+                    i.indnkeyatts, i.indkey[0], pg_catalog.pg_get_indexdef(c.oid, 1, false),
+                    COALESCE(pg_catalog.pg_get_expr(i.indpred, i.indrelid), '')
                FROM pg_catalog.pg_class c
                LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
               WHERE c.relname = $2 AND c.relnamespace = $3",
@@ -172,17 +216,38 @@ fn existing(client: &pgrx::spi::SpiClient<'_>, w: &Wanted) -> Option<(Oid, bool,
         )
         .unwrap_or_else(|e| crate::errors::bug(format!("unique_active index lookup: {e}")));
     let r = t.first();
-    Some((
-        r.get::<Oid>(1).ok().flatten()?,
-        r.get::<bool>(2).ok().flatten().unwrap_or(false),
-        r.get::<bool>(3).ok().flatten().unwrap_or(false),
-        r.get::<String>(4).ok().flatten().unwrap_or_default(),
-    ))
+    r.get::<Oid>(1).ok().flatten()?;
+    let unique_index = r.get::<bool>(2).ok().flatten().unwrap_or(false);
+    let keys = r.get::<i16>(5).ok().flatten();
+    let first = r.get::<i16>(6).ok().flatten();
+    let key = r.get::<String>(7).ok().flatten().unwrap_or_default();
+    let pred = r.get::<String>(8).ok().flatten().unwrap_or_default();
+    // A plain column is key column attnum; lower(col) an expression (0).
+    let key_attnum = if w.key.starts_with("pg_catalog.lower(") {
+        0
+    } else {
+        w.col_attnum
+    };
+    Some(Existing {
+        ours: unique_index
+            && keys == Some(1)
+            && first == Some(key_attnum)
+            && w.key_printed.contains(&key)
+            && pred == w.live_printed,
+        unique_index,
+        valid: r.get::<bool>(3).ok().flatten().unwrap_or(false),
+        definition: r.get::<String>(4).ok().flatten().unwrap_or_default(),
+    })
 }
 
 /// A build of `index` on `relid` still queued or running: its id and
-/// status. Builds
-/// whose worker is gone (a crash, a restart) are marked failed first.
+/// status. A build is alive while its lock (`build_lock`) is held or
+/// awaited: by the asking transaction, and by its worker from before
+/// `unique_active` returns to the end of the build. One whose lock nobody
+/// holds or awaits (its worker is gone: a crash, a restart, a termination)
+/// is marked failed first. Liveness is read from the lock table, which
+/// every role may read, not from the row, which the table's owners may
+/// write.
 fn pending_build(
     client: &mut pgrx::spi::SpiClient<'_>,
     relid: Oid,
@@ -193,10 +258,15 @@ fn pending_build(
             "UPDATE integrity.index_builds b
                 SET status = 'failed', error = 'the worker ended without finishing the build',
                     finished_at = pg_catalog.now()
-              WHERE table_oid = $1 AND index_name = $2
-                AND ((status = 'building' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                                           WHERE a.pid = b.pid))
-                  OR (status = 'queued' AND requested_at < pg_catalog.now() - interval '1 minute'))",
+              WHERE table_oid = $1 AND index_name = $2 AND status IN ('queued', 'building')
+                AND NOT EXISTS (
+                    SELECT 1 FROM pg_catalog.pg_locks l,
+                           LATERAL (SELECT integrity.lock_key('unique_active', b.id::text) AS k) k
+                     WHERE l.locktype = 'advisory' AND l.objsubid = 1
+                       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                          WHERE d.datname = pg_catalog.current_database())
+                       AND l.classid = ((k.k >> 32) & 4294967295)::pg_catalog.oid
+                       AND l.objid = (k.k & 4294967295)::pg_catalog.oid)",
             None,
             &[relid.into(), index.into()],
         )
@@ -287,7 +357,7 @@ fn unique_active(
     let col = text_arg(F, "col", col, 63);
     let w = wanted(relid, col, deleted_col);
     // CONCURRENTLY is not possible for temporary or partitioned tables.
-    let concurrently = concurrently.unwrap_or(true)
+    let concurrently = required(concurrently, F, "concurrently")
         && !w.temporary
         && w.relkind != pg_sys::RELKIND_PARTITIONED_TABLE;
     // Callers for one index are decided one after the other: the second
@@ -311,7 +381,7 @@ fn unique_active(
             return answer(&status, &w, true, Some(id));
         }
         match existing(client, &w) {
-            Some((_, true, true, definition)) => {
+            Some(e) if e.ours && e.valid => {
                 let mut b = Builder::new();
                 return b
                     .begin_object()
@@ -322,16 +392,35 @@ fn unique_active(
                     .key("index")
                     .string(&w.index)
                     .key("definition")
-                    .string(&definition)
+                    .string(&e.definition)
                     .end()
                     .finish();
             }
-            Some((_, true, false, _)) => {
+            Some(e) if e.ours => {
                 // The invalid leftover of a build that did not finish.
-                client
-                    .update(&format!("DROP INDEX {}", w.qualified_index()), None, &[])
-                    .unwrap_or_else(|e| crate::errors::bug(format!("unique_active drop: {e}")));
+                // Dropped here when building in this transaction (writers
+                // wait for it anyway); else by the worker, CONCURRENTLY,
+                // before it builds: a plain DROP INDEX here would lock out
+                // readers and writers until this transaction ends.
+                if !concurrently {
+                    client
+                        .update(&format!("DROP INDEX {}", w.qualified_index()), None, &[])
+                        .unwrap_or_else(|e| {
+                            crate::errors::bug(format!("unique_active drop: {e}"))
+                        });
+                }
             }
+            Some(e) if e.unique_index => raise(
+                Kind::DuplicateTable,
+                F,
+                format!(
+                    "index {} of {} already exists and is not the one unique_active builds: {}",
+                    quote(&w.index),
+                    w.table,
+                    e.definition
+                ),
+                "Drop or rename it; unique_active's index has one key, the column (lower() of it for text) and the soft-delete predicate.",
+            ),
             Some(_) => raise(
                 Kind::DuplicateTable,
                 F,
@@ -377,12 +466,24 @@ fn unique_active(
         // Held to the end of this transaction: the worker starts building
         // only once it is over (and builds nothing if it rolled back).
         crate::keys::advisory_lock(build_lock(id), false);
-        start_worker(id);
+        let pid = start_worker(client, id, &w);
+        client
+            .update(
+                "UPDATE integrity.index_builds SET pid = $2 WHERE id = $1",
+                None,
+                &[id.into(), pid.into()],
+            )
+            .unwrap_or_else(|e| crate::errors::bug(format!("unique_active worker pid: {e}")));
         answer("queued", &w, true, Some(id))
     })
 }
 
-fn start_worker(id: i64) {
+/// The worker for build `id`, told what to build (by numbers: the table,
+/// its columns) and for whom in its `bgw_extra`, not through the build's
+/// row. Returns its process id once it waits for this transaction to end
+/// (from then on, its waiting for or holding the build's lock is what
+/// tells other callers the build is alive).
+fn start_worker(client: &pgrx::spi::SpiClient<'_>, id: i64, w: &Wanted) -> i32 {
     // SAFETY: reads of the session's database and user.
     let (db, role) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetUserId()) };
     let started = BackgroundWorkerBuilder::new("integrity unique_active")
@@ -390,17 +491,64 @@ fn start_worker(id: i64) {
         .set_library("integrity")
         .set_function("integrity_unique_worker")
         .set_argument(Some(pg_sys::Datum::from(id)))
-        .set_extra(&format!("{} {}", db.to_u32(), role.to_u32()))
+        .set_extra(&format!(
+            "{} {} {} {} {}",
+            db.to_u32(),
+            role.to_u32(),
+            w.relid.to_u32(),
+            w.col_attnum,
+            w.deleted_attnum
+        ))
         .enable_spi_access()
         .set_restart_time(None)
+        // SAFETY: this backend's pid, for the postmaster to tell us of the start.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
-    if started.is_err() {
-        raise(
+    let handle = match started {
+        Ok(h) => h,
+        Err(_) => raise(
             Kind::ConfigurationLimitExceeded,
             F,
             "no background worker slot is free to build the index concurrently",
             "Raise max_worker_processes, try again later, or pass concurrently => false to build it in this transaction (writers wait meanwhile).",
-        );
+        ),
+    };
+    let not_started = |status: String| -> ! {
+        raise(
+            Kind::ConfigurationLimitExceeded,
+            F,
+            format!("the background worker to build the index stopped before it began ({status})"),
+            "See the server log; try again, or pass concurrently => false to build it in this transaction (writers wait meanwhile).",
+        )
+    };
+    let pid = handle
+        .wait_for_startup()
+        .unwrap_or_else(|s| not_started(format!("{s:?}")));
+    let key = build_lock(id) as u64;
+    let (hi, lo) = (Oid::from((key >> 32) as u32), Oid::from(key as u32));
+    // Until it waits on the build's lock (a few milliseconds: it connects
+    // to the database first), nothing would tell another caller that this
+    // build is alive.
+    loop {
+        let waiting = client
+            .select(
+                "SELECT 1 FROM pg_catalog.pg_locks
+                  WHERE pid = $1 AND locktype = 'advisory' AND classid = $2 AND objid = $3
+                    AND objsubid = 1 AND NOT granted",
+                Some(1),
+                &[pid.into(), hi.into(), lo.into()],
+            )
+            .map(|t| !t.is_empty())
+            .unwrap_or(false);
+        if waiting {
+            return pid;
+        }
+        if let Err(s) = handle.pid() {
+            not_started(format!("{s:?}"));
+        }
+        // SAFETY: a short sleep between looks; interrupts are honoured.
+        unsafe { pg_sys::pg_usleep(1000) };
+        pgrx::check_for_interrupts!();
     }
 }
 
@@ -525,8 +673,42 @@ extern "C-unwind" {
     fn postgres_die(signal: std::ffi::c_int);
 }
 
+/// The lock that serialises the builds of one table's indexes: two CREATE
+/// INDEX CONCURRENTLY on one table at once deadlock (each, in its last
+/// phase, waits for the other's snapshot while the other waits for its
+/// table lock), so a worker waits for the table's other build first.
+fn table_lock(relid: Oid) -> i64 {
+    crate::keys::lock_key_of([
+        &b"unique_active table"[..],
+        &relid.to_u32().to_le_bytes()[..],
+    ])
+}
+
+/// The name of column `attnum` of `relid`, or 42703 when it was dropped
+/// since the build was asked for.
+fn attname(relid: Oid, attnum: i16) -> String {
+    // SAFETY: a catalog lookup; NULL (missing_ok) for a dropped column.
+    let name = unsafe { pg_sys::get_attname(relid, attnum, true) };
+    if name.is_null() {
+        raise(
+            Kind::UndefinedColumn,
+            F,
+            format!(
+                "column {attnum} of {} was dropped before the build began",
+                qualified(relid)
+            ),
+            "Call integrity.unique_active again with the column as it is now.",
+        );
+    }
+    // SAFETY: get_attname returned a palloc'd C string.
+    unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The background worker `unique_active` starts for one build (its id is
-/// the argument; the database and the asking role are in `bgw_extra`).
+/// the argument; the database, the asking role, the table and the column
+/// numbers are in `bgw_extra`).
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
@@ -540,36 +722,74 @@ pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     let id = arg.value() as i64;
-    let mut extra = BackgroundWorker::get_extra()
+    let extra: Vec<i64> = BackgroundWorker::get_extra()
         .split_whitespace()
-        .map(|s| s.parse::<u32>().ok());
-    let (Some(Some(db)), Some(Some(role))) = (extra.next(), extra.next()) else {
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let [db, role, relid, col_attnum, deleted_attnum] = extra[..] else {
         pgrx::warning!("integrity unique_active worker: malformed bgw_extra");
         return;
     };
-    let role = Oid::from(role);
+    let (role, relid) = (Oid::from(role as u32), Oid::from(relid as u32));
+    let (col_attnum, deleted_attnum) = (col_attnum as i16, deleted_attnum as i16);
     // Connected as the bootstrap superuser, to keep the build's record;
     // the statements themselves run as the asking role.
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(Oid::from(db)), None);
-    let key = build_lock(id);
-    // Wait for the asking transaction to end; then the build is ours. What
-    // to build is worked out again here, as the asking role, from the
-    // table and columns asked for: never taken as SQL text from the
-    // table, which callers can write.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(Oid::from(db as u32)), None);
+    // This worker's own settings, over any the database or role sets: its
+    // statements see what committed while it waited (READ COMMITTED), and
+    // its waits are not cut short.
+    // SAFETY: session settings, outside any transaction.
+    unsafe {
+        for (name, value) in [
+            (c"default_transaction_isolation", c"read committed"),
+            (c"lock_timeout", c"0"),
+            (c"statement_timeout", c"0"),
+        ] {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
+    }
+    let (key, table_key) = (build_lock(id), table_lock(relid));
+    // Wait, holding no snapshot (a build in its last phase waits for every
+    // transaction that holds one): for the asking transaction to end, then
+    // for any other build of the table. Both locks are kept to the end.
+    // SAFETY: session-level advisory locks (pg_advisory_lock's), taken in
+    // a transaction that takes no snapshot.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        for k in [key, table_key] {
+            pg_sys::LockAcquire(
+                &crate::keys::advisory_tag(k),
+                pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+                true,
+                false,
+            );
+        }
+        pg_sys::CommitTransactionCommand();
+    }
+    // The build is ours now, unless the asking transaction rolled back.
+    // What to build is worked out again here, as the asking role, from the
+    // table and column numbers it was given: never read from the build's
+    // row, which the table's owners can write.
     let plan = BackgroundWorker::transaction(|| {
         Spi::run("SET search_path = pg_catalog, pg_temp").ok();
-        Spi::run(&format!("SELECT pg_catalog.pg_advisory_lock({key})")).ok();
-        let (relid, col, deleted) = Spi::get_three_with_args::<Oid, String, String>(
+        Spi::get_one_with_args::<i64>(
             "UPDATE integrity.index_builds
                 SET status = 'building', started_at = pg_catalog.now(), pid = pg_catalog.pg_backend_pid()
               WHERE id = $1 AND status = 'queued'
-             RETURNING table_oid, column_name, deleted_column",
+             RETURNING id",
             &[id.into()],
         )
-        .ok()?;
-        let (relid, col) = (relid?, col?);
+        .ok()
+        .flatten()?;
         Some(as_role(role, || {
             crate::errors::in_subtransaction(|| {
+                let col = attname(relid, col_attnum);
+                let deleted = (deleted_attnum != 0).then(|| attname(relid, deleted_attnum));
                 let w = wanted(relid, &col, deleted.as_deref());
                 (w.create(true), w.qualified_index(), relid, w.index)
             })
@@ -580,6 +800,11 @@ pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
         return;
     };
     let outcome = plan.and_then(|(create, index, relid, name)| {
+        // The invalid leftover of an earlier build that did not finish
+        // (unique_active leaves it to us, so as not to lock the table).
+        if invalid_index(relid, &name) {
+            guarded(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"), role)?;
+        }
         guarded(&create, role).inspect_err(|e| {
             // A failed CREATE INDEX CONCURRENTLY leaves its index behind,
             // invalid; unless the name was taken (then nothing was made).
@@ -623,7 +848,10 @@ pub extern "C-unwind" fn integrity_unique_worker(arg: pg_sys::Datum) {
             &[id.into(), error.into(), sqlstate.into()],
         )
         .ok();
-        Spi::run(&format!("SELECT pg_catalog.pg_advisory_unlock({key})")).ok();
+        Spi::run(&format!(
+            "SELECT pg_catalog.pg_advisory_unlock({key}), pg_catalog.pg_advisory_unlock({table_key})"
+        ))
+        .ok();
     });
 }
 
@@ -771,7 +999,33 @@ mod tests {
         ] {
             assert_eq!(sqlstate(sql), state, "{sql}");
         }
+        assert_eq!(
+            sqlstate("SELECT integrity.unique_active('ua_other', 'email', concurrently => NULL)"),
+            "22004"
+        );
+        // A build's row is seen and changed only by the table's owners.
+        Spi::run("SELECT integrity.grant_access('integrity_test_stranger')").unwrap();
+        Spi::run(
+            "CREATE TABLE ua_theirs (email text);
+             ALTER TABLE ua_theirs OWNER TO integrity_test_stranger;
+             INSERT INTO integrity.index_builds
+                    (table_oid, table_name, column_name, index_name, statement, requested_by, status)
+             VALUES ('ua_other'::regclass, 'ua_other', 'email', 'ua_x', '', 10, 'done'),
+                    ('ua_theirs'::regclass, 'ua_theirs', 'email', 'ua_y', '', 10, 'done')",
+        )
+        .unwrap();
         Spi::run("SET LOCAL ROLE integrity_test_stranger").unwrap();
+        assert_eq!(
+            one::<String>("SELECT string_agg(index_name, ',') FROM integrity.index_builds"),
+            Some("ua_y".to_string())
+        );
+        assert_eq!(
+            one::<i64>(
+                "WITH u AS (UPDATE integrity.index_builds SET status = 'failed' RETURNING 1)
+                 SELECT count(*) FROM u"
+            ),
+            Some(1)
+        );
         assert_eq!(
             sqlstate("SELECT integrity.unique_active('ua_people_none', 'email')"),
             "42P01"
@@ -781,5 +1035,63 @@ mod tests {
             "42501"
         );
         Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn an_index_by_our_name_that_is_not_ours_is_refused_and_long_names_differ() {
+        Spi::run(
+            "CREATE TABLE ua_hand (email text, deleted_at timestamptz);
+             CREATE UNIQUE INDEX ua_hand_email_active_key ON ua_hand (email);",
+        )
+        .unwrap();
+        // Case-sensitive and over every row: not the index asked for.
+        assert_eq!(
+            sqlstate("SELECT integrity.unique_active('ua_hand', 'email', concurrently => false)"),
+            "42P07"
+        );
+        Spi::run("DROP INDEX ua_hand_email_active_key").unwrap();
+        let r = json("SELECT integrity.unique_active('ua_hand', 'email', NULL, false)");
+        assert_eq!(r["status"], "created", "{r}");
+        assert_eq!(
+            json("SELECT integrity.unique_active('ua_hand', 'email', NULL, false)")["status"],
+            "exists"
+        );
+        // Asked with a soft-delete column, the index over every row is
+        // not the one that would be built.
+        assert_eq!(
+            sqlstate("SELECT integrity.unique_active('ua_hand', 'email', 'deleted_at', false)"),
+            "42P07"
+        );
+        // Two long column names of one long-named table: two indexes.
+        Spi::run(
+            "CREATE TABLE customer_notification_preferences_archive (
+                 billing_contact_email_primary text, billing_contact_email_secondary text,
+                 deleted_at timestamptz)",
+        )
+        .unwrap();
+        let ask = |col: &str| {
+            json(&format!(
+                "SELECT integrity.unique_active('customer_notification_preferences_archive', '{col}', concurrently => false)"
+            ))
+        };
+        let (a, b) = (
+            ask("billing_contact_email_primary"),
+            ask("billing_contact_email_secondary"),
+        );
+        assert_eq!(
+            (a["status"].clone(), b["status"].clone()),
+            ("created".into(), "created".into()),
+            "{a} {b}"
+        );
+        let (a, b) = (a["index"].as_str().unwrap(), b["index"].as_str().unwrap());
+        assert_ne!(a, b);
+        for name in [a, b] {
+            assert!(name.len() <= 63 && name.ends_with("_active_key"), "{name}");
+        }
+        assert_eq!(ask("billing_contact_email_secondary")["status"], "exists");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pg_indexes WHERE tablename = 'customer_notification_preferences_archive'"),
+            Some(2)
+        );
     }
 }

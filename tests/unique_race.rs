@@ -194,7 +194,13 @@ fn a_request_rolled_back_builds_nothing_and_callers_at_once_get_one_build() {
         .iter()
         .map(|a| a["build_id"].as_i64().unwrap_or(-1))
         .collect();
-    assert_eq!(ids.len(), 1, "one build for all: {answers:?}");
+    let rows: Vec<String> = c
+        .query("SELECT id::text || ' ' || status || ' ' || coalesce(error, '') || ' pid ' || coalesce(pid, 0) FROM integrity.index_builds ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 1, "one build for all: {answers:?} {rows:?}");
     for a in &answers {
         assert!(
             ["queued", "building"].contains(&a["status"].as_str().unwrap_or("")),
@@ -323,4 +329,108 @@ fn a_cancelled_or_terminated_build_is_recorded_and_cleaned_up() {
         indexes(&mut c, "people"),
         vec![("people_email_active_key".to_string(), true)]
     );
+}
+
+#[test]
+fn a_build_asked_for_in_a_serializable_transaction_is_built() {
+    // Migration tools wrap each migration in a transaction, and databases
+    // may default to SERIALIZABLE: the worker must still see the request
+    // once the asking transaction has committed.
+    let (cluster, mut c) = people(20000, "");
+    c.batch_execute(
+        "ALTER DATABASE postgres SET default_transaction_isolation = 'serializable';
+         ALTER DATABASE postgres SET lock_timeout = '100ms'",
+    )
+    .unwrap();
+    let mut c = cluster.connect();
+    let mut tx = c.transaction().unwrap();
+    let r: serde_json::Value = tx
+        .query_one("SELECT integrity.unique_active('people', 'email')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["status"], "queued", "{r}");
+    let id = r["build_id"].as_i64().unwrap();
+    // Long enough for the worker to start and wait (past lock_timeout).
+    std::thread::sleep(Duration::from_millis(800));
+    tx.commit().unwrap();
+    assert_eq!(settled(&mut c, id), ("done".to_string(), None, None));
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+}
+
+#[test]
+fn two_columns_of_one_table_asked_for_together_are_both_built() {
+    let (_cluster, mut c) = people(
+        200000,
+        "ALTER TABLE people ADD COLUMN handle text; UPDATE people SET handle = 'h' || id;",
+    );
+    let mut tx = c.transaction().unwrap();
+    let mut ids = Vec::new();
+    for col in ["email", "handle"] {
+        let r: serde_json::Value = tx
+            .query_one("SELECT integrity.unique_active('people', $1)", &[&col])
+            .unwrap()
+            .get(0);
+        assert_eq!(r["status"], "queued", "{r}");
+        ids.push(r["build_id"].as_i64().unwrap());
+    }
+    tx.commit().unwrap();
+    for id in ids {
+        assert_eq!(
+            settled(&mut c, id),
+            ("done".to_string(), None, None),
+            "build {id}"
+        );
+    }
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![
+            ("people_email_active_key".to_string(), true),
+            ("people_handle_active_key".to_string(), true)
+        ]
+    );
+}
+
+#[test]
+fn rows_of_index_builds_written_by_callers_neither_redirect_nor_block_a_build() {
+    let (_cluster, mut c) = people(
+        1000,
+        "CREATE TABLE other (secret text, deleted_at timestamptz);",
+    );
+    // A forged "building" row naming a long-lived process that is no
+    // build's worker does not make callers believe a build is under way.
+    c.execute(
+        "INSERT INTO integrity.index_builds (table_oid, table_name, column_name, index_name,
+                statement, requested_by, status, pid)
+         SELECT 'people'::regclass, 'people', 'email', 'people_email_active_key', '', 10,
+                'building', pid
+           FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+        &[],
+    )
+    .unwrap();
+    // A queued build whose row is pointed at another table and column
+    // before the worker reads it still builds what was asked for.
+    let mut tx = c.transaction().unwrap();
+    let r: serde_json::Value = tx
+        .query_one("SELECT integrity.unique_active('people', 'email')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["status"], "queued", "{r}");
+    let id = r["build_id"].as_i64().unwrap();
+    tx.execute(
+        "UPDATE integrity.index_builds
+            SET table_oid = 'other'::regclass, column_name = 'secret', deleted_column = NULL
+          WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(settled(&mut c, id).0, "done");
+    assert_eq!(
+        indexes(&mut c, "people"),
+        vec![("people_email_active_key".to_string(), true)]
+    );
+    assert_eq!(indexes(&mut c, "other"), vec![]);
 }
