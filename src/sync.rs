@@ -560,7 +560,21 @@ fn find_orphans(
             }
         }
     };
-    let mark = mark.unwrap_or(false);
+    let mark = required(mark, F, "mark");
+    // A row the caller's row security hides would look missing, and its
+    // link would be marked orphaned: marking needs every row in view.
+    // SAFETY: a row-security check by OID (noError: no raise here).
+    if mark
+        && unsafe { pg_sys::check_enable_rls(relid, pg_sys::Oid::INVALID, true) }
+            == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    {
+        raise(
+            Kind::InsufficientPrivilege,
+            F,
+            format!("row-level security on {table} hides rows from this role, so links to them would be marked orphaned"),
+            "Call it with mark => true as a role that bypasses row security on the table (its owner, or a BYPASSRLS role), or with mark => false to look only.",
+        );
+    }
     let id = crate::names::quote(&id.name);
     // Ids are compared in text, the form sync_start was given them in; the
     // entity table is read once (a hashed anti-join), whatever its size.
@@ -580,6 +594,9 @@ fn find_orphans(
                FROM orphans o
               WHERE $3 AND s.org_id = o.org_id AND s.entity_type = o.entity_type
                 AND s.entity_id = o.entity_id AND s.integration = $1 AND s.status <> 'orphaned'
+                -- Someone is syncing it now (it may have just come back):
+                -- reported, not marked.
+                AND NOT (s.status = 'syncing' AND s.locked_until > pg_catalog.now())
              RETURNING s.org_id, s.entity_id
          )
          SELECT o.org_id, o.entity_type, o.entity_id, o.external_id,
@@ -835,8 +852,65 @@ mod tests {
                 "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', 'id', of_type => '')",
                 "22023",
             ),
+            (
+                "SELECT * FROM integrity.find_orphans('fo', 'fo_customers', of_type => 'customer', mark => NULL)",
+                "22004",
+            ),
         ] {
             assert_eq!(sqlstate(sql), state, "{sql}");
         }
+    }
+
+    #[pg_test]
+    fn find_orphans_marks_no_link_being_synced_nor_rows_row_security_hides() {
+        Spi::run(
+            "CREATE TABLE fo_people (id bigint PRIMARY KEY, tenant text);
+             INSERT INTO fo_people VALUES (1, 'a'), (2, 'b');",
+        )
+        .unwrap();
+        for id in ["1", "2"] {
+            linked("fp", "person", id);
+        }
+        // 3 is being synced now (say, it was just restored and re-pushed):
+        // reported, not marked; 4 is settled and gone: marked.
+        Spi::run(&format!(
+            "SELECT integrity.sync_start({ORG}, 'person', '3', 'fp', '{{}}')"
+        ))
+        .unwrap();
+        linked("fp", "person", "4");
+        assert_eq!(
+            text(
+                "SELECT string_agg(entity_id || ':' || status, ',' ORDER BY entity_id)
+                    FROM integrity.find_orphans('fp', 'fo_people', mark => true)"
+            ),
+            "3:syncing,4:orphaned"
+        );
+        // Row security hiding tenant b's row from a role: marking refused.
+        Spi::run(
+            "ALTER TABLE fo_people ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY fo_tenant ON fo_people USING (tenant = 'a');
+             CREATE ROLE integrity_test_fo;
+             GRANT SELECT ON fo_people TO integrity_test_fo;",
+        )
+        .unwrap();
+        Spi::run("SELECT integrity.grant_access('integrity_test_fo')").unwrap();
+        Spi::run("SET LOCAL ROLE integrity_test_fo").unwrap();
+        assert_eq!(
+            sqlstate("SELECT * FROM integrity.find_orphans('fp', 'fo_people', mark => true)"),
+            "42501"
+        );
+        // Looking only is allowed (the hidden row looks missing).
+        assert_eq!(
+            text(
+                "SELECT string_agg(entity_id, ',' ORDER BY entity_id)
+                    FROM integrity.find_orphans('fp', 'fo_people')"
+            ),
+            "2,3,4"
+        );
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.sync_links WHERE integration = 'fp' AND status = 'orphaned'"),
+            Some(1)
+        );
     }
 }
