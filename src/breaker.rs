@@ -10,7 +10,7 @@
 //! moves (admitting a probe, a breaker turning half-open) and in
 //! `breaker_record`, which locks its breaker's row.
 
-use crate::direct::{Rel, Spec};
+use crate::direct::{Rel, Spec, Ty};
 use crate::errors::{raise, required, text_arg, Kind};
 use crate::jsonb::{Builder, Jsonb};
 use crate::plans::{read, run, Stmt};
@@ -128,6 +128,27 @@ static BREAKERS: Spec = Spec {
         "updated_at",
     ],
     indexes: &[c"circuit_breakers_pkey"],
+    types: &[
+        Ty::Base(pg_sys::TEXTOID),            // key
+        Ty::Ours(c"integrity.breaker_state"), // state
+        Ty::Base(pg_sys::INT4OID),            // window_size
+        Ty::Base(pg_sys::INT4OID),            // minimum_calls
+        Ty::Base(pg_sys::FLOAT4OID),          // failure_rate
+        Ty::Base(pg_sys::INT4OID),            // slow_call_ms
+        Ty::Base(pg_sys::FLOAT4OID),          // slow_call_rate
+        Ty::Base(pg_sys::INTERVALOID),        // open_for
+        Ty::Base(pg_sys::INT4OID),            // half_open_calls
+        Ty::Base(pg_sys::BOOLOID),            // review_on_open
+        Ty::Base(pg_sys::TEXTOID),            // outcomes
+        Ty::Base(pg_sys::INT4OID),            // probes_admitted
+        Ty::Base(pg_sys::TEXTOID),            // probe_outcomes
+        Ty::Base(pg_sys::TIMESTAMPTZOID),     // opened_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID),     // half_open_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID),     // closed_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID),     // last_failure_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID),     // updated_at
+    ],
+    keys: &[&["key"]],
     checks: &[],
     policy: "",
 };

@@ -56,13 +56,41 @@ pub struct Spec {
     /// Every column integrity creates it with. Callers address columns by
     /// their position in this list (`Rel::col`).
     pub columns: &'static [&'static str],
+    /// Their types, in the same order: a column whose type was changed
+    /// (ALTER COLUMN … TYPE) makes the table unknown to the direct paths.
+    pub types: &'static [Ty],
     /// Indexes the caller addresses by position (`Rel::index`).
     pub indexes: &'static [&'static CStr],
+    /// Their key columns, in order: an index by that name on other columns
+    /// (or on expressions, or of another table) makes the table unknown.
+    pub keys: &'static [&'static [&'static str]],
     /// CHECK constraints every row a direct write makes satisfies.
     pub checks: &'static [&'static str],
     /// Its row-security policy as created (the name; the USING expression
     /// is `OUR_POLICY`).
     pub policy: &'static str,
+}
+
+/// A column's type as integrity creates it.
+#[derive(Clone, Copy)]
+pub enum Ty {
+    /// This type, or a domain over it.
+    Base(Oid),
+    /// A type of integrity's own (an enum), by its qualified name.
+    Ours(&'static CStr),
+}
+
+impl Ty {
+    /// Whether `typid` is this type.
+    ///
+    /// # Safety
+    /// Catalog lookups; in a transaction.
+    unsafe fn is(self, typid: Oid) -> bool {
+        match self {
+            Ty::Base(t) => pg_sys::getBaseType(typid) == t,
+            Ty::Ours(name) => CStr::from_ptr(pg_sys::format_type_be_qualified(typid)) == name,
+        }
+    }
 }
 
 /// How many tables have a slot.
@@ -175,7 +203,12 @@ pub struct Rel {
 impl Rel {
     /// Open `spec`'s table with `lockmode`.
     pub fn open(spec: &'static Spec, lockmode: pg_sys::LOCKMODE) -> Rel {
-        debug_assert!(spec.slot < TABLES && spec.columns.len() <= MAX_COLUMNS);
+        debug_assert!(
+            spec.slot < TABLES
+                && spec.columns.len() <= MAX_COLUMNS
+                && spec.types.len() == spec.columns.len()
+                && spec.keys.len() == spec.indexes.len()
+        );
         let remembered = SHAPES.with(|s| s[spec.slot].get());
         // SAFETY: a relation opened by OID, falling back to its name when
         // the remembered OID no longer opens; the shape is read with it open.
@@ -184,9 +217,12 @@ impl Rel {
                 Some(s) => pg_sys::try_relation_open(s.table, lockmode),
                 None => null_mut(),
             };
-            // The remembered OID may have been dropped (or, in theory, reused).
+            // The remembered OID may have been dropped (or, in theory,
+            // reused), or the table moved out of schema integrity.
             if !rel.is_null()
-                && CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) != spec.table
+                && (CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) != spec.table
+                    || (*(*rel).rd_rel).relnamespace
+                        != pg_sys::get_namespace_oid(c"integrity".as_ptr(), false))
             {
                 pg_sys::relation_close(rel, lockmode);
                 rel = null_mut();
@@ -373,10 +409,30 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         }
     }
     let mut eq_procs = [[Oid::INVALID; MAX_KEYS]; MAX_NAMED];
+    let mut col = columns(spec, rel);
     for (i, &oid) in indexes[..spec.indexes.len()].iter().enumerate() {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let irel = pg_sys::index_open(oid, lock);
         let n = (*(*irel).rd_index).indnkeyatts as usize;
+        // The index by that name must be this table's, on exactly the key
+        // columns integrity made it with, in order (an expression has
+        // attnum 0, so none is one): the direct paths pass it datums in
+        // that order.
+        let keys = spec.keys[i];
+        let as_made = (*(*irel).rd_index).indrelid == table
+            && n == keys.len()
+            && col.is_some_and(|cols| {
+                keys.iter().enumerate().all(|(k, name)| {
+                    let attnum = (*(*irel).rd_index).indkey.values.as_slice(n)[k];
+                    spec.columns
+                        .iter()
+                        .position(|c| c == name)
+                        .is_some_and(|j| attnum as usize == cols[j] as usize + 1)
+                })
+            });
+        if !as_made {
+            col = None;
+        }
         if (*(*irel).rd_rel).relam == pg_sys::BTREE_AM_OID && n <= MAX_KEYS {
             for (k, proc_) in eq_procs[i][..n].iter_mut().enumerate() {
                 let family = *(*irel).rd_opfamily.add(k);
@@ -392,8 +448,11 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         }
         pg_sys::index_close(irel, lock);
     }
-    let col = columns(spec, rel);
-    let insertable = col.is_some() && (*rel).trigdesc.is_null() && only_listed_checks(spec, rel);
+    // No rules either: a direct write would not run them.
+    let insertable = col.is_some()
+        && (*rel).trigdesc.is_null()
+        && !(*(*rel).rd_rel).relhasrules
+        && only_listed_checks(spec, rel);
     let our_policy = !(*(*rel).rd_rel).relrowsecurity
         // Pinned: the callers of the direct paths (breaker_allow,
         // idem_begin, idem_complete) do not pin search_path themselves.
@@ -438,6 +497,9 @@ unsafe fn columns(spec: &Spec, rel: pg_sys::Relation) -> Option<[u16; MAX_COLUMN
         }
         let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
         let j = spec.columns.iter().position(|c| c.as_bytes() == name)?;
+        if !spec.types[j].is(a.atttypid) {
+            return None;
+        }
         pos[j] = i as u16;
     }
     pos[..spec.columns.len()]
@@ -535,6 +597,12 @@ unsafe fn kept_indexes(
             supported = false;
         } else {
             let info = pg_sys::BuildIndexInfo(index);
+            // An expression index's compiled expressions are made on first
+            // use in the EState of that write, which is freed after it:
+            // such a table is left to ExecOpenIndices.
+            if !(*info).ii_Expressions.is_null() {
+                supported = false;
+            }
             if !(*info).ii_Predicate.is_null() {
                 // What ExecPrepareQual does, into our context.
                 let planned = pg_sys::expression_planner((*info).ii_Predicate.cast());

@@ -679,7 +679,7 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::{json, sqlstate};
+    use crate::testutil::{json, one, sqlstate};
     use pgrx::prelude::*;
 
     const ORG: &str = "00000000-0000-0000-0000-0000000000e1";
@@ -888,6 +888,54 @@ mod tests {
         assert_eq!(direct[1].0[3]["outcome"], "mismatch");
         assert_eq!(direct[0].1["status"], "completed");
         assert_eq!(direct[1].1["retryable"], false);
+    }
+
+    #[pg_test]
+    fn changes_users_make_to_the_keys_table_are_respected() {
+        let reference = lifecycle("ch-ref", false);
+        // An expression index: every key written is found through it (its
+        // compiled expressions are not kept across writes).
+        Spi::run("CREATE INDEX integrity_test_lower ON integrity.idempotency_keys (lower(key))")
+            .unwrap();
+        for i in 0..5 {
+            let (answers, _) = lifecycle(&format!("ch-{i}"), false);
+            assert_eq!(answers, reference.0);
+        }
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM integrity.idempotency_keys
+                  WHERE lower(key) IN ('ch-0', 'ch-1', 'ch-2', 'ch-3', 'ch-4')"
+            ),
+            Some(5)
+        );
+        Spi::run("RESET enable_seqscan").unwrap();
+        // A column's type changed: the writes go through SQL, which
+        // converts; the replay is the same.
+        Spi::run(
+            "ALTER TABLE integrity.idempotency_keys ALTER COLUMN response TYPE json USING response::json",
+        )
+        .unwrap();
+        let (answers, _) = lifecycle("ch-json", false);
+        assert_eq!(answers, reference.0);
+        assert_eq!(
+            one::<String>("SELECT response::text FROM integrity.idempotency_keys WHERE key = 'ch-json'"),
+            Some(r#"[1, "x", null]"#.to_string())
+        );
+        Spi::run(
+            "ALTER TABLE integrity.idempotency_keys ALTER COLUMN response TYPE jsonb USING response::jsonb",
+        )
+        .unwrap();
+        // The primary key made again on the same columns in another order.
+        Spi::run(
+            "ALTER TABLE integrity.idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,
+               ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, key, org_id)",
+        )
+        .unwrap();
+        let (answers, _) = lifecycle("ch-pkey", false);
+        assert_eq!(answers, reference.0);
+        // A key written before is still found through the new index.
+        assert_eq!(begin("ch-ref", r#"{"n": 1}"#, ""), reference.0[2]);
     }
 
     #[pg_test]

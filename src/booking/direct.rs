@@ -10,7 +10,7 @@
 //! writes the same WAL, maintains every index on the table and makes the
 //! exclusion check `bookings_no_overlap` exactly as an INSERT does.
 
-use crate::direct::{Rel, Spec, Writer};
+use crate::direct::{Rel, Spec, Ty, Writer};
 use crate::errors::bug;
 use crate::jsonb::Jsonb;
 use pgrx::datum::{Range, RangeBound, Uuid};
@@ -53,6 +53,21 @@ static BOOKINGS: Spec = Spec {
         "rescheduled_from",
     ],
     indexes: &[c"bookings_no_overlap"],
+    types: &[
+        Ty::Base(pg_sys::UUIDOID),        // id
+        Ty::Base(pg_sys::UUIDOID),        // org_id
+        Ty::Base(pg_sys::UUIDOID),        // resource_id
+        Ty::Base(pg_sys::UUIDOID),        // contact_id
+        Ty::Base(pg_sys::TSTZRANGEOID),   // during
+        Ty::Base(pg_sys::TEXTOID),        // status
+        Ty::Base(pg_sys::JSONBOID),       // metadata
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // created_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // updated_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // cancelled_at
+        Ty::Base(pg_sys::TEXTOID),        // cancel_reason
+        Ty::Base(pg_sys::UUIDOID),        // rescheduled_from
+    ],
+    keys: &[&["org_id", "resource_id", "during"]],
     // A new active booking (status booked, cancelled_at NULL) satisfies it.
     checks: &["bookings_cancelled_check"],
     policy: "bookings_org_scope",

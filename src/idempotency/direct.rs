@@ -12,7 +12,7 @@
 //! transaction, a key whose lease ran out).
 
 use super::Key;
-use crate::direct::{plus, xact_snapshot, Rel, Spec, Writer};
+use crate::direct::{plus, xact_snapshot, Rel, Spec, Ty, Writer};
 use crate::jsonb::{Builder, Jsonb};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -40,6 +40,24 @@ static KEYS: Spec = Spec {
         "expires_at",
     ],
     indexes: &[c"idempotency_keys_pkey"],
+    types: &[
+        Ty::Base(pg_sys::UUIDOID),        // org_id
+        Ty::Base(pg_sys::TEXTOID),        // scope
+        Ty::Base(pg_sys::TEXTOID),        // key
+        Ty::Base(pg_sys::TEXTOID),        // fingerprint
+        Ty::Base(pg_sys::TEXTOID),        // status
+        Ty::Base(pg_sys::BOOLOID),        // retryable
+        Ty::Base(pg_sys::INT4OID),        // response_code
+        Ty::Base(pg_sys::JSONBOID),       // response
+        Ty::Base(pg_sys::TEXTOID),        // recovery_point
+        Ty::Base(pg_sys::INTERVALOID),    // lease
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // locked_until
+        Ty::Base(pg_sys::INT4OID),        // attempts
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // created_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // completed_at
+        Ty::Base(pg_sys::TIMESTAMPTZOID), // expires_at
+    ],
+    keys: &[&["org_id", "scope", "key"]],
     // The status domain's check holds for the statuses written here.
     checks: &[],
     policy: "idempotency_keys_org_scope",
