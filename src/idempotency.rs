@@ -92,6 +92,27 @@ static CLAIM: Stmt = Stmt {
     writes: true,
 };
 
+/// CLAIM of a key begun earlier in this transaction (written at commit,
+/// or settled later), counted from when it was begun ($7), as the direct
+/// path writes it.
+static CLAIM_BEGUN: Stmt = Stmt {
+    sql: "INSERT INTO integrity.idempotency_keys AS k
+              (org_id, scope, key, fingerprint, lease, locked_until, expires_at, created_at)
+          VALUES ($1, $2, $3, $4, $5, $7 + $5, $7 + $6, $7)
+          ON CONFLICT (org_id, scope, key) DO NOTHING
+          RETURNING k.attempts",
+    args: &[
+        UUID,
+        TEXT,
+        TEXT,
+        TEXT,
+        INTERVAL,
+        INTERVAL,
+        pg_sys::TIMESTAMPTZOID,
+    ],
+    writes: true,
+};
+
 /// The existing key, locked, for the outcomes that change it.
 static EXISTING: Stmt = Stmt {
     sql: concat!(key_row_select!(), " FOR UPDATE"),
@@ -291,6 +312,13 @@ fn write_pending(p: &pending::Pending) {
         pinned(|| {
             Spi::connect_mut(|client| {
                 let [o, s, kk] = k.args();
+                // SAFETY: a timestamptz datum is its microseconds.
+                let begun = unsafe {
+                    pgrx::datum::TimestampWithTimeZone::from_datum(
+                        pg_sys::Datum::from(p.begun),
+                        false,
+                    )
+                };
                 let args = [
                     o,
                     s,
@@ -298,8 +326,9 @@ fn write_pending(p: &pending::Pending) {
                     p.fingerprint.clone().into(),
                     p.lease.into(),
                     p.ttl.into(),
+                    begun.into(),
                 ];
-                !run(client, &CLAIM, Some(1), &args).is_empty()
+                !run(client, &CLAIM_BEGUN, Some(1), &args).is_empty()
             })
         })
     });
@@ -919,7 +948,9 @@ mod tests {
         let (answers, _) = lifecycle("ch-json", false);
         assert_eq!(answers, reference.0);
         assert_eq!(
-            one::<String>("SELECT response::text FROM integrity.idempotency_keys WHERE key = 'ch-json'"),
+            one::<String>(
+                "SELECT response::text FROM integrity.idempotency_keys WHERE key = 'ch-json'"
+            ),
             Some(r#"[1, "x", null]"#.to_string())
         );
         Spi::run(

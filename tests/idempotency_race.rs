@@ -215,3 +215,74 @@ fn a_dead_holder_is_resumed_from_its_recovery_point() {
     assert_eq!(replay["outcome"], "replay");
     assert_eq!(replay["response"]["receipt"], "r_1");
 }
+
+#[test]
+fn a_key_left_processing_is_written_at_commit_as_whoever_began_it() {
+    // Multi-transaction use: the key's row is written at COMMIT. It is
+    // written as the role, and under the integrity.org_id, idem_begin ran
+    // with, even when a SECURITY DEFINER function or a function's SET
+    // clause gave it those and has returned by then.
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE ROLE api_owner;
+         SELECT integrity.grant_access('api_owner');
+         CREATE ROLE app;
+         SELECT integrity.grant_access('app');
+         REVOKE INSERT, UPDATE ON integrity.idempotency_keys FROM app;
+         CREATE SCHEMA api;
+         GRANT USAGE ON SCHEMA api TO app;
+         CREATE FUNCTION api.begin_charge(k text) RETURNS jsonb LANGUAGE sql SECURITY DEFINER
+           SET search_path = pg_catalog
+           AS $$ SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /charges', k, '{}') $$;
+         ALTER FUNCTION api.begin_charge(text) OWNER TO api_owner;
+         CREATE ROLE tenant_app;
+         SELECT integrity.grant_access('tenant_app');
+         GRANT USAGE ON SCHEMA api TO tenant_app;
+         CREATE FUNCTION api.begin_for_b(k text) RETURNS jsonb LANGUAGE sql
+           SET integrity.org_id = '0000000b-0000-0000-0000-000000000000'
+           AS $$ SELECT integrity.idem_begin('0000000b-0000-0000-0000-000000000000', 'POST /charges', k, '{}') $$;",
+    )
+    .unwrap();
+    // The app may not write the keys table itself; its definer may.
+    let mut app = cluster.connect();
+    app.batch_execute("SET ROLE app").unwrap();
+    let mut tx = app.transaction().unwrap();
+    let r: Value = tx
+        .query_one("SELECT api.begin_charge('definer')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["outcome"], "started", "{r}");
+    tx.commit().unwrap();
+    // A session scoped to tenant a begins a key of tenant b through a
+    // function that sets the scope for its call.
+    let mut t = cluster.connect();
+    t.batch_execute(
+        "SET ROLE tenant_app; SET integrity.org_id = '0000000a-0000-0000-0000-000000000000'",
+    )
+    .unwrap();
+    let mut tx = t.transaction().unwrap();
+    let r: Value = tx
+        .query_one("SELECT api.begin_for_b('tenant')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(r["outcome"], "started", "{r}");
+    tx.commit().unwrap();
+    let rows: Vec<(String, String, i64)> = c
+        .query(
+            "SELECT key, status, (EXTRACT(epoch FROM expires_at - created_at))::int8
+               FROM integrity.idempotency_keys WHERE key IN ('definer', 'tenant') ORDER BY key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("definer".to_string(), "processing".to_string(), 86400),
+            ("tenant".to_string(), "processing".to_string(), 86400)
+        ]
+    );
+}

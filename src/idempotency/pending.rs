@@ -37,6 +37,13 @@ pub struct Pending {
     /// The subtransaction that wrote its row, once written: if that one
     /// rolls back, the key is pending again.
     written_in: Option<pg_sys::SubTransactionId>,
+    /// Who began it: the role and security context, and `integrity.org_id`
+    /// (a row still pending at commit is written as them, not as whatever
+    /// is in effect once a SECURITY DEFINER function or a function's SET
+    /// has returned).
+    user: pg_sys::Oid,
+    security: i32,
+    org: Option<std::ffi::CString>,
 }
 
 impl Pending {
@@ -79,6 +86,9 @@ pub fn add(
             pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
         }
     }
+    let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
+    // SAFETY: reads the current user and security context.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut security) };
     let p = Pending {
         org_id: k.org_id,
         scope: k.scope.to_string(),
@@ -91,6 +101,9 @@ pub fn add(
         subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         lxid: lxid(),
         written_in: None,
+        user,
+        security,
+        org: org_setting(),
     };
     PENDING.with(|v| v.borrow_mut().push(p));
 }
@@ -112,6 +125,16 @@ pub fn take(k: &Key<'_>) -> Option<Pending> {
     })
 }
 
+/// Whether a key of this transaction is still to be written.
+fn has_pending() -> bool {
+    let now = lxid();
+    PENDING.with(|v| {
+        v.borrow()
+            .iter()
+            .any(|p| p.lxid == now && p.written_in.is_none())
+    })
+}
+
 /// Write every key still pending, as processing (at commit or prepare,
 /// and before a purge, which must see them).
 pub fn write_all() {
@@ -129,9 +152,53 @@ pub fn write_all() {
             Some(p.clone())
         });
         match next {
-            Some(p) => super::write_pending(&p),
+            Some(p) => as_begun(&p, || super::write_pending(&p)),
             None => break,
         }
+    }
+}
+
+/// `integrity.org_id` as it is set now (None: not set).
+fn org_setting() -> Option<std::ffi::CString> {
+    // SAFETY: GetConfigOption returns the setting's string or NULL.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_owned())
+    }
+}
+
+/// `f()` as the role, security context and `integrity.org_id` `p` was
+/// begun under; restored after (an ERROR aborts the transaction, which
+/// restores both itself).
+fn as_begun<R>(p: &Pending, f: impl FnOnce() -> R) -> R {
+    let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
+    // SAFETY: the same switches a SECURITY DEFINER function with a SET
+    // clause makes (fmgr_security_definer): a GUC nest level undone by
+    // AtEOXact_GUC, a user switch undone by the second call.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
+        let nest = (org_setting() != p.org).then(|| {
+            let nest = pg_sys::NewGUCNestLevel();
+            let value = p.org.as_deref().unwrap_or(c"");
+            pg_sys::set_config_option(
+                c"integrity.org_id".as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            nest
+        });
+        pg_sys::SetUserIdAndSecContext(p.user, p.security);
+        let r = f();
+        pg_sys::SetUserIdAndSecContext(user, security);
+        if let Some(nest) = nest {
+            pg_sys::AtEOXact_GUC(true, nest);
+        }
+        r
     }
 }
 
@@ -140,7 +207,13 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     use pg_sys::XactEvent::*;
     match event {
         // Still inside the transaction: an ERROR here aborts it.
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => write_all(),
+        // A snapshot for what the write may run (index expressions and
+        // predicates, the SQL path), as deferred triggers get one here.
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE if has_pending() => {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            write_all();
+            pg_sys::PopActiveSnapshot();
+        }
         // Over (or handed to PREPARE): nothing is pending any more. Only
         // our own memory is touched here.
         XACT_EVENT_COMMIT
