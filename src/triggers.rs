@@ -1177,6 +1177,12 @@ struct ChildConfig {
     deleted_eq: Option<*mut pg_sys::FmgrInfo>,
     lock: OwnedPreparedStatement,
     recompute: OwnedPreparedStatement,
+    /// The same, writing the parent even when nothing changes: under
+    /// REPEATABLE READ, where a lock alone does not make a concurrent
+    /// toucher of the parent fail (two deletes of a parent's last two
+    /// children would each see the other's child and leave the flag set);
+    /// a write does (40001, and the client retries).
+    recompute_always: OwnedPreparedStatement,
 }
 
 /// AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW on the child table: the
@@ -1251,8 +1257,13 @@ fn tg_child_flag<'a>(
                 client
                     .update(&cfg.lock, None, std::slice::from_ref(&arg))
                     .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+                let recompute = if crate::direct::xact_snapshot() {
+                    &cfg.recompute_always
+                } else {
+                    &cfg.recompute
+                };
                 client
-                    .update(&cfg.recompute, None, std::slice::from_ref(&arg))
+                    .update(recompute, None, std::slice::from_ref(&arg))
                     .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
             }
         })
@@ -1301,28 +1312,43 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
              WHERE p.{q_key} IN (SELECT k FROM ({keys}) k(k) WHERE k IS NOT NULL)
              ORDER BY p.{q_key} FOR NO KEY UPDATE OF p"
         );
-        let recount = match &a.count {
+        // Under REPEATABLE READ the parents are written even when nothing
+        // changes (see ChildConfig::recompute_always).
+        let recount = |changed_only: bool| match &a.count {
             Some(c) => {
                 let q_count = quote(&c.name);
+                let changed = if changed_only {
+                    format!(
+                        " AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
+                               OR p.{q_count} IS DISTINCT FROM t.n)"
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
                     "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
                      FROM (SELECT k.k, (SELECT pg_catalog.count(*) FROM {child_sql} c
                                         WHERE c.{q_fk} {eq} k.k{live}) AS n
                            FROM (SELECT DISTINCT k FROM ({keys}) k(k) WHERE k IS NOT NULL) k) t
-                     WHERE p.{q_key} {eq} t.k
-                       AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
-                            OR p.{q_count} IS DISTINCT FROM t.n)"
+                     WHERE p.{q_key} {eq} t.k{changed}"
                 )
             }
-            None => format!(
-                "UPDATE {parent_sql} p SET {q_flag} = t.e
-                 FROM (SELECT k.k, EXISTS (SELECT 1 FROM {child_sql} c
-                                           WHERE c.{q_fk} {eq} k.k{live}) AS e
-                       FROM (SELECT DISTINCT k FROM ({keys}) k(k) WHERE k IS NOT NULL) k) t
-                 WHERE p.{q_key} {eq} t.k AND p.{q_flag} IS DISTINCT FROM t.e"
-            ),
+            None => {
+                let changed = if changed_only {
+                    format!(" AND p.{q_flag} IS DISTINCT FROM t.e")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "UPDATE {parent_sql} p SET {q_flag} = t.e
+                     FROM (SELECT k.k, EXISTS (SELECT 1 FROM {child_sql} c
+                                               WHERE c.{q_fk} {eq} k.k{live}) AS e
+                           FROM (SELECT DISTINCT k FROM ({keys}) k(k) WHERE k IS NOT NULL) k) t
+                     WHERE p.{q_key} {eq} t.k{changed}"
+                )
+            }
         };
-        (lock, recount)
+        (lock, recount(true), recount(false))
     });
     with_pinned_settings(|| {
         Spi::connect_mut(|client| {
@@ -1332,8 +1358,13 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
             client
                 .update(sql.0.as_str(), None, &[])
                 .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+            let recount = if crate::direct::xact_snapshot() {
+                &sql.2
+            } else {
+                &sql.1
+            };
             client
-                .update(sql.1.as_str(), None, &[])
+                .update(recount.as_str(), None, &[])
                 .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
         })
     });
@@ -1503,22 +1534,35 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         quote(&key.name)
     );
     let (q_flag, q_key, q_fk) = (quote(&flag.name), quote(&key.name), quote(&fk.name));
-    let recompute = match &count {
+    let recompute = |changed_only: bool| match &count {
         Some(c) => {
             let q_count = quote(&c.name);
+            let changed = if changed_only {
+                format!(
+                    " AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
+                           OR p.{q_count} IS DISTINCT FROM t.n)"
+                )
+            } else {
+                String::new()
+            };
             format!(
                 "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
                  FROM (SELECT pg_catalog.count(*) AS n FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) t
-                 WHERE p.{q_key} {eq} $1
-                   AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
-                        OR p.{q_count} IS DISTINCT FROM t.n)"
+                 WHERE p.{q_key} {eq} $1{changed}"
             )
         }
-        None => format!(
-            "UPDATE {parent_sql} p SET {q_flag} = t.e
-             FROM (SELECT EXISTS (SELECT 1 FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) AS e) t
-             WHERE p.{q_key} {eq} $1 AND p.{q_flag} IS DISTINCT FROM t.e"
-        ),
+        None => {
+            let changed = if changed_only {
+                format!(" AND p.{q_flag} IS DISTINCT FROM t.e")
+            } else {
+                String::new()
+            };
+            format!(
+                "UPDATE {parent_sql} p SET {q_flag} = t.e
+                 FROM (SELECT EXISTS (SELECT 1 FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) AS e) t
+                 WHERE p.{q_key} {eq} $1{changed}"
+            )
+        }
     };
     let types = [pgrx::PgOid::from(fk.typid)];
     let prepare = |sql: &str| -> OwnedPreparedStatement {
@@ -1544,7 +1588,8 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     };
     ChildConfig {
         lock: prepare(&lock),
-        recompute: prepare(&recompute),
+        recompute: prepare(&recompute(true)),
+        recompute_always: prepare(&recompute(false)),
         fk_eq: eq_of(&fk),
         deleted_eq: deleted.as_ref().and_then(eq_of),
         fk,

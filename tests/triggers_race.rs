@@ -149,3 +149,68 @@ fn concurrent_child_changes_leave_every_flag_and_count_true() {
         assert_eq!(counted, live);
     }
 }
+
+#[test]
+fn without_a_count_two_deletes_of_the_last_two_children_clear_the_flag_under_repeatable_read() {
+    // Flag only: two REPEATABLE READ transactions each delete one of a
+    // call's last two appointments. Each one's snapshot still shows the
+    // other's appointment; the parent row must be written by the first so
+    // that the second fails with 40001 (and its retry sees the truth),
+    // instead of both leaving the flag set with no appointment left.
+    let cluster = Cluster::start();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, appointment_made boolean NOT NULL DEFAULT false);
+         CREATE TABLE appointments (id int PRIMARY KEY, call_id bigint);
+         CREATE TABLE calls_s (id bigint PRIMARY KEY, appointment_made boolean NOT NULL DEFAULT false);
+         CREATE TABLE appointments_s (id int PRIMARY KEY, call_id bigint);
+         CREATE TRIGGER flag AFTER INSERT OR UPDATE OR DELETE ON appointments FOR EACH ROW
+           EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made');
+         SELECT integrity.attach_child_flag('appointments_s', 'calls_s', 'id', 'call_id', 'appointment_made');
+         INSERT INTO calls VALUES (1); INSERT INTO appointments VALUES (1, 1), (2, 1);
+         INSERT INTO calls_s VALUES (1); INSERT INTO appointments_s VALUES (1, 1), (2, 1);",
+    )
+    .unwrap();
+    for (calls, appts) in [("calls", "appointments"), ("calls_s", "appointments_s")] {
+        let made = |c: &mut postgres::Client| -> bool {
+            c.query_one(
+                &format!("SELECT appointment_made FROM {calls} WHERE id = 1"),
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        };
+        assert!(made(&mut c), "{calls}: set by the inserts");
+        let (mut a, mut b) = (cluster.connect(), cluster.connect());
+        for t in [&mut a, &mut b] {
+            t.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+                .unwrap();
+        }
+        a.batch_execute(&format!("DELETE FROM {appts} WHERE id = 1; COMMIT"))
+            .unwrap();
+        match b.batch_execute(&format!("DELETE FROM {appts} WHERE id = 2")) {
+            Ok(()) => b.batch_execute("COMMIT").unwrap(),
+            Err(e) => {
+                assert_eq!(common::sqlstate::<()>(&Err(e)), "40001", "{calls}");
+                b.batch_execute("ROLLBACK").unwrap();
+                // The application's retry.
+                b.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; DELETE FROM {appts} WHERE id = 2; COMMIT"
+                ))
+                .unwrap();
+            }
+        }
+        let left: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM {appts} WHERE call_id = 1"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0);
+        assert!(
+            !made(&mut c),
+            "{calls}: no appointment left, so the flag is clear"
+        );
+    }
+}
