@@ -161,6 +161,13 @@ impl<'a> Fired<'a> {
 trait Site {
     fn relid(&self) -> Oid;
     fn table(&self) -> String;
+    /// The table whose rows tg_child_flag counts: the one the trigger was
+    /// created on. For a partitioned table that is the partitioned table,
+    /// not the partition whose clone of the trigger fired (one parent's
+    /// children may be spread over partitions).
+    fn counted(&self) -> Oid {
+        self.relid()
+    }
     fn args(&self) -> Vec<String>;
     fn mistake(&self, kind: Kind, what: String, example: &str) -> !;
 }
@@ -168,6 +175,27 @@ trait Site {
 impl Site for Fired<'_> {
     fn relid(&self) -> Oid {
         Fired::relid(self)
+    }
+    fn counted(&self) -> Oid {
+        let t = self.trigger();
+        if !t.tgisclone {
+            return self.relid();
+        }
+        // Up the clones' parents to the trigger created by CREATE TRIGGER.
+        crate::plans::pinned(|| {
+            Spi::get_one_with_args::<Oid>(
+                "WITH RECURSIVE up AS (
+                     SELECT t.oid, t.tgparentid, t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.oid = $1
+                     UNION ALL
+                     SELECT t.oid, t.tgparentid, t.tgrelid
+                       FROM pg_catalog.pg_trigger t JOIN up ON t.oid = up.tgparentid)
+                 SELECT tgrelid FROM up WHERE tgparentid = 0",
+                &[t.tgoid.into()],
+            )
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| self.relid())
     }
     fn table(&self) -> String {
         Fired::table(self)
@@ -1299,7 +1327,8 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
         let example = "SELECT integrity.attach_child_flag('appointments', 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count')";
         let a = child_args(f, example);
         let (q_key, q_fk, q_flag) = (quote(&a.key.name), quote(&a.fk.name), quote(&a.flag.name));
-        let (parent_sql, child_sql, live) = (qualified(a.parent), f.table(), a.live.clone());
+        let (parent_sql, child_sql, live) =
+            (qualified(a.parent), qualified(f.counted()), a.live.clone());
         let keys = [old.as_deref(), new.as_deref()]
             .into_iter()
             .flatten()
@@ -1528,7 +1557,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         live,
     } = child_args(f, example);
     let eq = "OPERATOR(pg_catalog.=)";
-    let (parent_sql, child_sql) = (qualified(parent), f.table());
+    let (parent_sql, child_sql) = (qualified(parent), qualified(f.counted()));
     let lock = format!(
         "SELECT 1 FROM {parent_sql} p WHERE p.{} {eq} $1 FOR NO KEY UPDATE",
         quote(&key.name)
@@ -1607,7 +1636,7 @@ fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
         let names = pg_sys::stringToQualifiedNameList(c.as_ptr());
         let rv = pg_sys::makeRangeVarFromNameList(names);
         if (*rv).schemaname.is_null() {
-            (*rv).schemaname = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(f.relid()));
+            (*rv).schemaname = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(f.counted()));
         }
         pg_sys::RangeVarGetRelidExtended(
             rv,
@@ -1622,7 +1651,7 @@ fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
             Kind::UndefinedTable,
             format!(
                 "argument 1 names table {name:?}, which does not exist (an unqualified name is looked up in the schema of {})",
-                f.table()
+                qualified(f.counted())
             ),
             example,
         );
@@ -2120,5 +2149,35 @@ mod tests {
         );
         Spi::run("ALTER TABLE tgv ALTER COLUMN s TYPE int USING NULL").unwrap();
         assert_eq!(sqlstate("INSERT INTO tgv (id) VALUES (3)"), "22P02");
+    }
+
+    #[pg_test]
+    fn tg_child_flag_on_a_partitioned_child_counts_every_partition() {
+        // Partitions in a schema of their own: the parent is still looked
+        // up beside the partitioned table the trigger was created on.
+        Spi::run(
+            "CREATE SCHEMA tcp_parts;
+             CREATE TABLE tcp_calls (id bigint PRIMARY KEY, made boolean NOT NULL DEFAULT false,
+                                     n int NOT NULL DEFAULT 0);
+             CREATE TABLE tcp_appts (id int, call_id bigint, day date) PARTITION BY RANGE (day);
+             CREATE TABLE tcp_parts.tcp_appts_2025 PARTITION OF tcp_appts
+                 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE TABLE tcp_parts.tcp_appts_2026 PARTITION OF tcp_appts
+                 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+             CREATE TRIGGER f AFTER INSERT OR UPDATE OR DELETE ON tcp_appts FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_child_flag('tcp_calls', 'id', 'call_id', 'made', 'n');
+             INSERT INTO tcp_calls VALUES (1);
+             INSERT INTO tcp_appts VALUES (1, 1, '2025-06-01'), (2, 1, '2026-06-01');",
+        )
+        .unwrap();
+        let state = || one::<String>("SELECT made || ',' || n FROM tcp_calls WHERE id = 1");
+        assert_eq!(state().as_deref(), Some("true,2"));
+        Spi::run("DELETE FROM tcp_appts WHERE id = 2").unwrap();
+        assert_eq!(state().as_deref(), Some("true,1"), "the 2025 child remains");
+        // Moved to the other partition: still one child.
+        Spi::run("UPDATE tcp_appts SET day = '2026-02-01' WHERE id = 1").unwrap();
+        assert_eq!(state().as_deref(), Some("true,1"));
+        Spi::run("DELETE FROM tcp_appts WHERE id = 1").unwrap();
+        assert_eq!(state().as_deref(), Some("false,0"));
     }
 }
