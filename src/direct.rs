@@ -457,16 +457,22 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         // Pinned: the callers of the direct paths (breaker_allow,
         // idem_begin, idem_complete) do not pin search_path themselves.
         || crate::plans::pinned(|| {
-            Spi::get_one_with_args::<bool>(
-                "SELECT pg_catalog.count(*) = 1 AND pg_catalog.bool_and(
-                     p.polname = $3 AND p.polcmd = '*' AND p.polpermissive
-                     AND p.polroles = '{0}' AND p.polwithcheck IS NULL
-                     AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = $2)
-                 FROM pg_catalog.pg_policy p WHERE p.polrelid = $1",
-                &[table.into(), OUR_POLICY.into(), spec.policy.into()],
-            )
-            .ok()
-            .flatten()
+            // Read-only SPI: it assigns no transaction id, so a replay on
+            // a hot standby works (pgrx's Spi::get_one would assign one).
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT pg_catalog.count(*) = 1 AND pg_catalog.bool_and(
+                             p.polname = $3 AND p.polcmd = '*' AND p.polpermissive
+                             AND p.polroles = '{0}' AND p.polwithcheck IS NULL
+                             AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = $2)
+                         FROM pg_catalog.pg_policy p WHERE p.polrelid = $1",
+                        Some(1),
+                        &[table.into(), OUR_POLICY.into(), spec.policy.into()],
+                    )
+                    .ok()
+                    .and_then(|t| t.first().get_one::<bool>().ok().flatten())
+            })
             .unwrap_or(false)
         });
     if !WATCHING.with(|w| w.replace(true)) {

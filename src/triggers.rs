@@ -362,7 +362,27 @@ impl Memory {
 
 /// The column `name` of `relid` (the trigger's table when `relid` is
 /// its own), or the mistake.
+/// Column `name` of `relid`, one our rules read before the row is stored
+/// or write: not a generated column (in a BEFORE trigger it holds no
+/// value yet, and whatever is set there is computed over).
 fn column(f: &impl Site, relid: Oid, name: &str, arg: usize, example: &str) -> Col {
+    let col = column_any(f, relid, name, arg, example);
+    // SAFETY: a catalog lookup of an existing column.
+    if unsafe { pg_sys::get_attgenerated(relid, col.attnum) } != 0 {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "argument {arg} names column {name:?} of {}, which is generated: a trigger can neither read it before the row is stored nor set it",
+                qualified(relid)
+            ),
+            example,
+        );
+    }
+    col
+}
+
+/// Column `name` of `relid`, any kind (one read after the row is stored).
+fn column_any(f: &impl Site, relid: Oid, name: &str, arg: usize, example: &str) -> Col {
     let c = CString::new(name).unwrap_or_default();
     // SAFETY: catalog lookups by OID and name.
     unsafe {
@@ -822,6 +842,37 @@ thread_local! {
     /// triggers of it still to fire for that row (next first).
     static ENFORCED: RefCell<(usize, u32, smallvec::SmallVec<[Oid; 8]>)> =
         RefCell::new((0, 0, smallvec::SmallVec::new()));
+    /// Whether `forget_enforced` is registered for aborts.
+    static ABORT_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// An error between a group's first trigger and the next (a cancel, a
+/// partition check) leaves ENFORCED set; a later row that landed in the
+/// same slot must not be taken for the same row, so an abort of the
+/// transaction or of a subtransaction (a savepoint, an EXCEPTION block)
+/// forgets it.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_enforced_xact(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::XactEvent::XACT_EVENT_ABORT
+        || event == pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+    {
+        ENFORCED.with(|e| e.borrow_mut().2.clear());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_enforced_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        ENFORCED.with(|e| e.borrow_mut().2.clear());
+    }
 }
 
 fn replica() -> bool {
@@ -981,6 +1032,16 @@ fn before_rules<'a>(
         }
     }
     if g.members.len() > 1 && !slot.is_null() {
+        if !ABORT_HOOKED.with(|h| h.replace(true)) {
+            // SAFETY: registered once per backend, for its life.
+            unsafe {
+                pg_sys::RegisterXactCallback(Some(forget_enforced_xact), std::ptr::null_mut());
+                pg_sys::RegisterSubXactCallback(
+                    Some(forget_enforced_subxact),
+                    std::ptr::null_mut(),
+                );
+            }
+        }
         ENFORCED.with(|e| {
             *e.borrow_mut() = (
                 slot as usize,
@@ -1507,8 +1568,8 @@ fn child_args(f: &impl Site, example: &str) -> ChildArgs {
         );
     }
     let parent = parent_table(f, &args[0], example);
-    let key = column(f, parent, &args[1], 2, example);
-    let fk = column(f, f.relid(), &args[2], 3, example);
+    let key = column_any(f, parent, &args[1], 2, example);
+    let fk = column_any(f, f.relid(), &args[2], 3, example);
     let flag = column(f, parent, &args[3], 4, example);
     if flag.typid != pg_sys::BOOLOID {
         f.mistake(
@@ -1528,7 +1589,7 @@ fn child_args(f: &impl Site, example: &str) -> ChildArgs {
     let deleted = args
         .get(5)
         .filter(|c| !c.is_empty())
-        .map(|c| column(f, f.relid(), c, 6, example));
+        .map(|c| column_any(f, f.relid(), c, 6, example));
     let live = match &deleted {
         None => String::new(),
         Some(d) if d.typid == pg_sys::BOOLOID => format!(" AND c.{} IS NOT TRUE", quote(&d.name)),
@@ -2179,5 +2240,22 @@ mod tests {
         assert_eq!(state().as_deref(), Some("true,1"));
         Spi::run("DELETE FROM tcp_appts WHERE id = 1").unwrap();
         assert_eq!(state().as_deref(), Some("false,0"));
+    }
+
+    #[pg_test]
+    fn a_generated_column_is_refused_as_an_argument() {
+        Spi::run(
+            "CREATE TABLE tgg (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED);
+             CREATE TRIGGER d BEFORE INSERT ON tgg FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_default('g', '1')",
+        )
+        .unwrap();
+        let insert = "INSERT INTO tgg (id, a) VALUES (1, 1)";
+        assert_eq!(sqlstate(insert), "22023");
+        assert!(
+            crate::testutil::error_message(insert).contains("generated"),
+            "{}",
+            crate::testutil::error_message(insert)
+        );
     }
 }
