@@ -632,12 +632,15 @@ fn log_correction(
     after: Option<pg_sys::Datum>,
 ) {
     let pk = primary_key(f);
+    // In key order (the map below sorts its keys by name).
+    let values: Vec<Option<String>> = pk
+        .iter()
+        .map(|c| row.get(c.attnum).map(|d| output(c.typid, d)))
+        .collect();
     let key: serde_json::Map<String, serde_json::Value> = pk
         .iter()
-        .map(|c| {
-            let v = row.get(c.attnum).map(|d| output(c.typid, d));
-            (c.name.clone(), serde_json::Value::from(v))
-        })
+        .zip(&values)
+        .map(|(c, v)| (c.name.clone(), serde_json::Value::from(v.clone())))
         .collect();
     let subject = if pk.is_empty() {
         f.table()
@@ -649,8 +652,9 @@ fn log_correction(
                 .map(|c| c.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            key.values()
-                .map(|v| v.as_str().unwrap_or("NULL").to_string())
+            values
+                .iter()
+                .map(|v| v.as_deref().unwrap_or("NULL"))
                 .collect::<Vec<_>>()
                 .join(", ")
         )
@@ -2256,6 +2260,21 @@ mod tests {
             crate::testutil::error_message(insert).contains("generated"),
             "{}",
             crate::testutil::error_message(insert)
+        );
+    }
+
+    #[pg_test]
+    fn a_correction_of_a_row_with_a_composite_key_names_it_in_key_order() {
+        Spi::run(
+            "CREATE TABLE tgk (org_id text, id int, cust int, status text, PRIMARY KEY (org_id, id));
+             CREATE TRIGGER l BEFORE INSERT ON tgk FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_link_status('cust', 'status', 'linked', 'unlinked');
+             INSERT INTO tgk VALUES ('acme', 42, 7, 'unlinked');",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT subject FROM integrity.alerts WHERE check_name = 'tg_link_status' AND subject LIKE '%tgk%'"),
+            "public.tgk(org_id, id)=(acme, 42)"
         );
     }
 }
