@@ -617,9 +617,12 @@ impl Row {
 }
 
 static LOG: Stmt = Stmt {
+    // org_id: the session's tenant, so a tenant-scoped session sees the
+    // corrections of the rows it wrote.
     sql: "INSERT INTO integrity.alerts
-              (check_name, severity, subject, details, auto_corrected, resolved_at, resolution)
-          VALUES ($1, 'info', $2, $3, true, pg_catalog.clock_timestamp(), 'auto-corrected')",
+              (org_id, check_name, severity, subject, details, auto_corrected, resolved_at, resolution)
+          VALUES (integrity.current_org(), $1, 'info', $2, $3, true, pg_catalog.clock_timestamp(),
+                  'auto-corrected')",
     args: &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::JSONBOID],
     writes: true,
 };
@@ -966,8 +969,13 @@ fn group(f: &Fired<'_>) -> Rc<Group> {
         if !fires(t, f.op()) {
             continue;
         }
-        let conditional =
-            !t.tgqual.is_null() || (f.op() == pg_sys::TRIGGER_EVENT_UPDATE && t.tgnattr > 0);
+        // A member cloned from a partitioned table's trigger where the
+        // first is not (or the reverse) ends the group too: Postgres checks
+        // that a clone did not move the row to another partition, after
+        // each clone, and that check must see the clone's own change.
+        let conditional = !t.tgqual.is_null()
+            || (f.op() == pg_sys::TRIGGER_EVENT_UPDATE && t.tgnattr > 0)
+            || t.tgisclone != f.trigger().tgisclone;
         match rule_function(t.tgfoid, ns) {
             Some(func) if !conditional => {
                 let td = member(f, t);
@@ -2275,6 +2283,15 @@ mod tests {
         assert_eq!(
             text("SELECT subject FROM integrity.alerts WHERE check_name = 'tg_link_status' AND subject LIKE '%tgk%'"),
             "public.tgk(org_id, id)=(acme, 42)"
+        );
+        // Logged under the session's tenant (whose row security then shows
+        // it to that tenant's sessions); none set: no tenant.
+        Spi::run("SET LOCAL integrity.org_id = '0000000a-0000-0000-0000-000000000000'").unwrap();
+        Spi::run("INSERT INTO tgk VALUES ('acme', 43, NULL, 'linked')").unwrap();
+        assert_eq!(
+            text("SELECT string_agg(subject || ':' || coalesce(org_id::text, '-'), ',' ORDER BY id)
+                    FROM integrity.alerts WHERE subject LIKE '%tgk%'"),
+            "public.tgk(org_id, id)=(acme, 42):-,public.tgk(org_id, id)=(acme, 43):0000000a-0000-0000-0000-000000000000"
         );
     }
 }
