@@ -1543,7 +1543,35 @@ fn attach_child_flag(
     ];
     let mut names = Vec::new();
     for (suffix, event, referencing) in events {
-        let name = format!("{base}_on_{suffix}");
+        let mut name = format!("{base}_on_{suffix}");
+        let max = pg_sys::NAMEDATALEN as usize - 1;
+        if name.len() > max {
+            // Cut, and told apart by a hash of the whole name.
+            let tail = format!(
+                "_{:08x}_on_{suffix}",
+                crate::keys::lock_key_of([name.as_bytes()]) as u64 as u32
+            );
+            let mut stem = base.clone();
+            while stem.len() > max - tail.len() {
+                stem.pop();
+            }
+            name = format!("{stem}{tail}");
+        }
+        let taken = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+            &[child.into(), name.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if taken {
+            raise(
+                Kind::DuplicateObject,
+                F,
+                format!("table {table} already has a trigger named {}", quote(&name)),
+                "attach_child_flag names its triggers integrity_{flag_col}_on_{event}: drop the old ones (or rename them) first, e.g. when the same flag column name serves another parent.",
+            );
+        }
         Spi::run(&format!(
             "CREATE TRIGGER {} AFTER {event} ON {table} {referencing}
              FOR EACH STATEMENT EXECUTE FUNCTION integrity.tg_child_flag({list})",
@@ -2003,6 +2031,12 @@ mod tests {
         assert_eq!(
             text("SELECT array_to_string(integrity.attach_child_flag('tgs_k', 'tgs_p', 'id', 'p_id', 'has', 'n', 'gone'), ',')"),
             "integrity_has_on_insert,integrity_has_on_update,integrity_has_on_delete"
+        );
+        // Attached again (say for another parent whose flag is also "has"):
+        // a clear 42710, not an internal error.
+        assert_eq!(
+            sqlstate("SELECT integrity.attach_child_flag('tgs_k', 'tgs_p', 'id', 'p_id', 'has')"),
+            "42710"
         );
         let wrong = || {
             one::<i64>(
