@@ -744,6 +744,7 @@ impl<'r> Writer<'r> {
         // type.
         unsafe {
             pg_sys::ExecStoreVirtualTuple(self.slot);
+            self.not_null();
             let raw = self.rel.raw;
             pg_sys::table_tuple_insert(
                 raw,
@@ -789,6 +790,7 @@ impl<'r> Writer<'r> {
     /// transaction.
     pub unsafe fn update(&mut self, tid: pg_sys::ItemPointerData) {
         pg_sys::ExecStoreVirtualTuple(self.slot);
+        self.not_null();
         // The new row may point into the old one's buffer; copy it first.
         pg_sys::ExecMaterializeSlot(self.slot);
         let mut tid = tid;
@@ -816,6 +818,38 @@ impl<'r> Writer<'r> {
             );
         }
         pg_sys::CommandCounterIncrement();
+    }
+
+    /// A NULL in a column a user made NOT NULL is refused as a statement
+    /// refuses it (`23502`, with Postgres's message); the columns
+    /// integrity made NOT NULL are always set by the direct paths.
+    /// (ExecConstraints itself needs a range table, which we do not build.)
+    ///
+    /// # Safety
+    /// The slot holds the row about to be written.
+    unsafe fn not_null(&mut self) {
+        let desc = (*self.rel.raw).rd_att;
+        let n = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(n);
+        let nulls = std::slice::from_raw_parts((*self.slot).tts_isnull, n);
+        if let Some(a) = attrs
+            .iter()
+            .zip(nulls)
+            .find(|(a, &null)| a.attnotnull && !a.attisdropped && null)
+            .map(|(a, _)| a)
+        {
+            let column = CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
+            let table =
+                CStr::from_ptr((*(*self.rel.raw).rd_rel).relname.data.as_ptr()).to_string_lossy();
+            crate::errors::raise(
+                crate::errors::Kind::NotNullViolation,
+                "integrity",
+                format!(
+                    "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+                ),
+                "A NOT NULL added to a column integrity leaves NULL: drop it (ALTER TABLE … ALTER COLUMN … DROP NOT NULL).",
+            );
+        }
     }
 
     pub fn finish(self) {

@@ -957,6 +957,28 @@ mod tests {
             "ALTER TABLE integrity.idempotency_keys ALTER COLUMN response TYPE jsonb USING response::jsonb",
         )
         .unwrap();
+        // A column made NOT NULL: the direct path refuses a NULL there as a
+        // statement would (23502).
+        Spi::run(
+            "UPDATE integrity.idempotency_keys SET retryable = false WHERE retryable IS NULL;
+             ALTER TABLE integrity.idempotency_keys ALTER COLUMN retryable SET NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(begin("ch-nn", r#"{"n": 1}"#, "")["outcome"], "started");
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'ch-nn', 201, '{{}}')"
+            )),
+            "23502"
+        );
+        Spi::run("ALTER TABLE integrity.idempotency_keys ALTER COLUMN retryable DROP NOT NULL")
+            .unwrap();
+        assert_eq!(
+            json(&format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'ch-nn', 201, '[1, \"x\", null]')"
+            ))["ok"],
+            true
+        );
         // The primary key made again on the same columns in another order.
         Spi::run(
             "ALTER TABLE integrity.idempotency_keys DROP CONSTRAINT idempotency_keys_pkey,
