@@ -1372,6 +1372,20 @@ fn tg_child_flag<'a>(
     Ok(None)
 }
 
+/// The recount's condition that the parent's flag (`t.e`, or `t.n > 0`)
+/// or count (`t.n`) changes, or nothing when the parent is to be written
+/// anyway (`ChildConfig::recompute_always`).
+fn only_changed(changed_only: bool, q_flag: &str, q_count: Option<&str>) -> String {
+    match (changed_only, q_count) {
+        (false, _) => String::new(),
+        (true, Some(q_count)) => format!(
+            " AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
+                   OR p.{q_count} IS DISTINCT FROM t.n)"
+        ),
+        (true, None) => format!(" AND p.{q_flag} IS DISTINCT FROM t.e"),
+    }
+}
+
 /// The set-based path: tg_child_flag attached FOR EACH STATEMENT with
 /// transition tables (one trigger per event; `attach_child_flag` makes
 /// them). The parents of all rows the statement changed are locked in key
@@ -1419,14 +1433,7 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
         let recount = |changed_only: bool| match &a.count {
             Some(c) => {
                 let q_count = quote(&c.name);
-                let changed = if changed_only {
-                    format!(
-                        " AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
-                               OR p.{q_count} IS DISTINCT FROM t.n)"
-                    )
-                } else {
-                    String::new()
-                };
+                let changed = only_changed(changed_only, &q_flag, Some(&q_count));
                 format!(
                     "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
                      FROM (SELECT k.k, (SELECT pg_catalog.count(*) FROM {child_sql} c
@@ -1436,11 +1443,7 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
                 )
             }
             None => {
-                let changed = if changed_only {
-                    format!(" AND p.{q_flag} IS DISTINCT FROM t.e")
-                } else {
-                    String::new()
-                };
+                let changed = only_changed(changed_only, &q_flag, None);
                 format!(
                     "UPDATE {parent_sql} p SET {q_flag} = t.e
                      FROM (SELECT k.k, EXISTS (SELECT 1 FROM {child_sql} c
@@ -1667,14 +1670,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
     let recompute = |changed_only: bool| match &count {
         Some(c) => {
             let q_count = quote(&c.name);
-            let changed = if changed_only {
-                format!(
-                    " AND (p.{q_flag} IS DISTINCT FROM (t.n OPERATOR(pg_catalog.>) 0)
-                           OR p.{q_count} IS DISTINCT FROM t.n)"
-                )
-            } else {
-                String::new()
-            };
+            let changed = only_changed(changed_only, &q_flag, Some(&q_count));
             format!(
                 "UPDATE {parent_sql} p SET {q_flag} = t.n OPERATOR(pg_catalog.>) 0, {q_count} = t.n
                  FROM (SELECT pg_catalog.count(*) AS n FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) t
@@ -1682,11 +1678,7 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
             )
         }
         None => {
-            let changed = if changed_only {
-                format!(" AND p.{q_flag} IS DISTINCT FROM t.e")
-            } else {
-                String::new()
-            };
+            let changed = only_changed(changed_only, &q_flag, None);
             format!(
                 "UPDATE {parent_sql} p SET {q_flag} = t.e
                  FROM (SELECT EXISTS (SELECT 1 FROM {child_sql} c WHERE c.{q_fk} {eq} $1{live}) AS e) t

@@ -171,35 +171,24 @@ fn org_setting() -> Option<std::ffi::CString> {
 /// begun under; restored after (an ERROR aborts the transaction, which
 /// restores both itself).
 fn as_begun<R>(p: &Pending, f: impl FnOnce() -> R) -> R {
-    let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
-    // SAFETY: the same switches a SECURITY DEFINER function with a SET
-    // clause makes (fmgr_security_definer): a GUC nest level undone by
-    // AtEOXact_GUC, a user switch undone by the second call.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
-        let nest = (org_setting() != p.org).then(|| {
-            let nest = pg_sys::NewGUCNestLevel();
-            let value = p.org.as_deref().unwrap_or(c"");
-            pg_sys::set_config_option(
-                c"integrity.org_id".as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            nest
-        });
-        pg_sys::SetUserIdAndSecContext(p.user, p.security);
-        let r = f();
-        pg_sys::SetUserIdAndSecContext(user, security);
-        if let Some(nest) = nest {
-            pg_sys::AtEOXact_GUC(true, nest);
+    let as_user = || {
+        let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
+        // SAFETY: the user switch a SECURITY DEFINER function makes
+        // (fmgr_security_definer), undone by the second call.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
+            pg_sys::SetUserIdAndSecContext(p.user, p.security);
         }
+        let r = f();
+        // SAFETY: restores what was read above.
+        unsafe { pg_sys::SetUserIdAndSecContext(user, security) };
         r
+    };
+    if org_setting() == p.org {
+        return as_user();
     }
+    let org = p.org.as_deref().unwrap_or(c"");
+    crate::plans::with_settings(&[(c"integrity.org_id", org)], as_user)
 }
 
 #[pg_guard]
