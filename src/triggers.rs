@@ -693,6 +693,29 @@ fn log_correction(
 /// but rows that need no SQL do not pay for setting it. Its plans are kept
 /// for the session, and one made while a table was empty (just created or
 /// truncated) must not stay a sequential scan as the table grows.
+/// `f()` as the owner of the table the trigger fired on, with its row
+/// security not applied to it, as Postgres runs its foreign-key checks:
+/// tg_child_flag counts every child and updates the parent whatever the
+/// writing role may see or update (it needs no rights on the parent).
+fn as_owner<R>(f: &Fired<'_>, body: impl FnOnce() -> R) -> R {
+    let (mut user, mut security) = (Oid::INVALID, 0);
+    // SAFETY: the switch ri_triggers.c makes around its queries, undone
+    // below (an ERROR aborts the transaction, which restores it).
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
+        pg_sys::SetUserIdAndSecContext(
+            (*(*f.rel()).rd_rel).relowner,
+            security
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_NOFORCE_RLS as i32,
+        );
+    }
+    let r = body();
+    // SAFETY: restores what was read above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, security) };
+    r
+}
+
 fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {
     crate::plans::with_settings(
         &[
@@ -1347,26 +1370,30 @@ fn tg_child_flag<'a>(
         }
         _ => parents.extend(old_parent.or(new_parent)),
     }
-    with_pinned_settings(|| {
-        Spi::connect_mut(|client| {
-            for p in parents {
-                // SAFETY: p is a value of the child's fk column type.
-                let arg = unsafe { DatumWithOid::new(p, cfg.fk.typid) };
-                // Lock the parent first, then count with a snapshot taken
-                // after the lock: a concurrent change to the same parent's
-                // children has committed by then and is counted.
-                client
-                    .update(&cfg.lock, None, std::slice::from_ref(&arg))
-                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
-                let recompute = if crate::direct::xact_snapshot() {
-                    &cfg.recompute_always
-                } else {
-                    &cfg.recompute
-                };
-                client
-                    .update(recompute, None, std::slice::from_ref(&arg))
-                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
-            }
+    as_owner(&f, || {
+        with_pinned_settings(|| {
+            Spi::connect_mut(|client| {
+                for p in parents {
+                    // SAFETY: p is a value of the child's fk column type.
+                    let arg = unsafe { DatumWithOid::new(p, cfg.fk.typid) };
+                    // Lock the parent first, then count with a snapshot taken
+                    // after the lock: a concurrent change to the same parent's
+                    // children has committed by then and is counted.
+                    client
+                        .update(&cfg.lock, None, std::slice::from_ref(&arg))
+                        .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+                    let recompute = if crate::direct::xact_snapshot() {
+                        &cfg.recompute_always
+                    } else {
+                        &cfg.recompute
+                    };
+                    client
+                        .update(recompute, None, std::slice::from_ref(&arg))
+                        .unwrap_or_else(|e| {
+                            crate::errors::bug(format!("tg_child_flag update: {e}"))
+                        });
+                }
+            })
         })
     });
     Ok(None)
@@ -1455,22 +1482,24 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
         };
         (lock, recount(true), recount(false))
     });
-    with_pinned_settings(|| {
-        Spi::connect_mut(|client| {
-            // SAFETY: registers this trigger's transition tables with the
-            // SPI connection just opened, under their REFERENCING names.
-            unsafe { pg_sys::SPI_register_trigger_data(f.td as *const _ as *mut _) };
-            client
-                .update(sql.0.as_str(), None, &[])
-                .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
-            let recount = if crate::direct::xact_snapshot() {
-                &sql.2
-            } else {
-                &sql.1
-            };
-            client
-                .update(recount.as_str(), None, &[])
-                .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
+    as_owner(f, || {
+        with_pinned_settings(|| {
+            Spi::connect_mut(|client| {
+                // SAFETY: registers this trigger's transition tables with the
+                // SPI connection just opened, under their REFERENCING names.
+                unsafe { pg_sys::SPI_register_trigger_data(f.td as *const _ as *mut _) };
+                client
+                    .update(sql.0.as_str(), None, &[])
+                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag lock: {e}")));
+                let recount = if crate::direct::xact_snapshot() {
+                    &sql.2
+                } else {
+                    &sql.1
+                };
+                client
+                    .update(recount.as_str(), None, &[])
+                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag update: {e}")));
+            })
         })
     });
     None
@@ -2319,5 +2348,40 @@ mod tests {
                     FROM integrity.alerts WHERE subject LIKE '%tgk%'"),
             "public.tgk(org_id, id)=(acme, 42):-,public.tgk(org_id, id)=(acme, 43):0000000a-0000-0000-0000-000000000000"
         );
+    }
+
+    #[pg_test]
+    fn tg_child_flag_counts_every_child_whatever_the_writer_may_see() {
+        // Row security shows each agent only their own appointments, and
+        // agents may not update calls: the recount runs as the table's
+        // owner, as Postgres runs its foreign-key checks.
+        Spi::run(
+            "CREATE TABLE tgo_calls (id bigint PRIMARY KEY, made boolean NOT NULL DEFAULT false,
+                                     n int NOT NULL DEFAULT 0);
+             CREATE TABLE tgo_appts (id serial PRIMARY KEY, call_id bigint,
+                                     agent text NOT NULL DEFAULT current_user);
+             ALTER TABLE tgo_appts ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY mine ON tgo_appts USING (agent = current_user);
+             CREATE TRIGGER f AFTER INSERT OR UPDATE OR DELETE ON tgo_appts FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_child_flag('tgo_calls', 'id', 'call_id', 'made', 'n');
+             CREATE ROLE tgo_alice; CREATE ROLE tgo_bob;
+             GRANT SELECT, INSERT, DELETE ON tgo_appts TO tgo_alice, tgo_bob;
+             GRANT USAGE ON SEQUENCE tgo_appts_id_seq TO tgo_alice, tgo_bob;
+             INSERT INTO tgo_calls VALUES (1);",
+        )
+        .unwrap();
+        let state = || one::<String>("SELECT made || ',' || n FROM tgo_calls WHERE id = 1");
+        Spi::run(
+            "SET LOCAL ROLE tgo_bob; INSERT INTO tgo_appts (call_id) VALUES (1), (1); RESET ROLE",
+        )
+        .unwrap();
+        assert_eq!(state().as_deref(), Some("true,2"));
+        Spi::run(
+            "SET LOCAL ROLE tgo_alice; INSERT INTO tgo_appts (call_id) VALUES (1); RESET ROLE",
+        )
+        .unwrap();
+        assert_eq!(state().as_deref(), Some("true,3"), "alice sees only hers");
+        Spi::run("SET LOCAL ROLE tgo_alice; DELETE FROM tgo_appts; RESET ROLE").unwrap();
+        assert_eq!(state().as_deref(), Some("true,2"), "bob's remain");
     }
 }
