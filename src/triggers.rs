@@ -1327,10 +1327,14 @@ fn tg_child_flag<'a>(
     if f.is_after() && !f.is_row() && f.op() != pg_sys::TRIGGER_EVENT_TRUNCATE {
         return Ok(set_based(&f));
     }
+    if f.is_after() && !f.is_row() && f.op() == pg_sys::TRIGGER_EVENT_TRUNCATE {
+        truncated(&f);
+        return Ok(None);
+    }
     if !f.is_after() || !f.is_row() || f.op() == pg_sys::TRIGGER_EVENT_TRUNCATE {
         f.mistake(
             Kind::TriggerProtocol,
-            "must be attached AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW (or per statement with transition tables: integrity.attach_child_flag)".into(),
+            "must be attached AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW (or per statement with transition tables: integrity.attach_child_flag; or AFTER TRUNCATE FOR EACH STATEMENT)".into(),
             &f.remade("AFTER INSERT OR UPDATE OR DELETE"),
         );
     }
@@ -1397,6 +1401,54 @@ fn tg_child_flag<'a>(
         })
     });
     Ok(None)
+}
+
+/// AFTER TRUNCATE FOR EACH STATEMENT on the child table: no trigger sees
+/// the rows a TRUNCATE removes, so every parent still flagged (or
+/// counted) is recounted. TRUNCATE holds the child table exclusively to
+/// the end of its transaction, so no child changes meanwhile.
+fn truncated(f: &Fired<'_>) {
+    let sql = config(f, |f| {
+        let example = f.example(
+            "AFTER TRUNCATE",
+            "'calls', 'id', 'call_id', 'appointment_made', 'appointment_count'",
+        );
+        let example = example.replace("FOR EACH ROW", "FOR EACH STATEMENT");
+        let a = child_args(f, &example);
+        let (q_key, q_fk, q_flag) = (quote(&a.key.name), quote(&a.fk.name), quote(&a.flag.name));
+        let (parent_sql, child_sql) = (qualified(a.parent), qualified(f.counted()));
+        let eq = "OPERATOR(pg_catalog.=)";
+        let children = |what: &str| {
+            format!(
+                "(SELECT {what} FROM {child_sql} c WHERE c.{q_fk} {eq} p.{q_key}{})",
+                a.live
+            )
+        };
+        match &a.count {
+            Some(c) => {
+                let q_count = quote(&c.name);
+                format!(
+                    "UPDATE {parent_sql} p SET {q_flag} = EXISTS {}, {q_count} = {}
+                     WHERE p.{q_flag} IS NOT FALSE OR p.{q_count} IS DISTINCT FROM 0",
+                    children("1"),
+                    children("pg_catalog.count(*)")
+                )
+            }
+            None => format!(
+                "UPDATE {parent_sql} p SET {q_flag} = EXISTS {} WHERE p.{q_flag} IS NOT FALSE",
+                children("1")
+            ),
+        }
+    });
+    as_owner(f, || {
+        with_pinned_settings(|| {
+            Spi::connect_mut(|client| {
+                client
+                    .update(sql.as_str(), None, &[])
+                    .unwrap_or_else(|e| crate::errors::bug(format!("tg_child_flag truncate: {e}")));
+            })
+        })
+    });
 }
 
 /// The recount's condition that the parent's flag (`t.e`, or `t.n > 0`)
@@ -1572,6 +1624,8 @@ fn attach_child_flag(
             "REFERENCING OLD TABLE AS integrity_old NEW TABLE AS integrity_new",
         ),
         ("delete", "DELETE", "REFERENCING OLD TABLE AS integrity_old"),
+        // No trigger sees the rows a TRUNCATE removes: recount after it.
+        ("truncate", "TRUNCATE", ""),
     ];
     let mut names = Vec::new();
     for (suffix, event, referencing) in events {
@@ -2051,7 +2105,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             text("SELECT array_to_string(integrity.attach_child_flag('tgs_k', 'tgs_p', 'id', 'p_id', 'has', 'n', 'gone'), ',')"),
-            "integrity_has_on_insert,integrity_has_on_update,integrity_has_on_delete"
+            "integrity_has_on_insert,integrity_has_on_update,integrity_has_on_delete,integrity_has_on_truncate"
         );
         // Attached again (say for another parent whose flag is also "has"):
         // a clear 42710, not an internal error.
@@ -2080,6 +2134,15 @@ mod tests {
         assert_eq!(wrong(), Some(0));
         assert_eq!(text("SELECT string_agg(format('%s:%s:%s', id, has, n), ',' ORDER BY id) FROM tgs_p WHERE id IN (1, 2, 3, 4, 45)"),
                    "1:f:0,2:f:0,3:f:0,4:f:0,45:t:100");
+        // TRUNCATE: every parent recounted (attach_child_flag attached it).
+        Spi::run("TRUNCATE tgs_k").unwrap();
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM tgs_p WHERE has OR n <> 0"),
+            Some(0)
+        );
+        Spi::run("INSERT INTO tgs_k (p_id) SELECT 1 + g % 40 FROM generate_series(1, 400) g")
+            .unwrap();
+        assert_eq!(wrong(), Some(0));
         // Statement-level without transition tables, or with NULL arguments.
         Spi::run(
             "CREATE TRIGGER tgs_bad AFTER INSERT ON tgs_k FOR EACH STATEMENT
@@ -2123,8 +2186,8 @@ mod tests {
         }
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tgs_k'::regclass AND NOT tgisinternal"),
-            Some(4),
-            "the three from the first attach and tgs_bad"
+            Some(5),
+            "the four from the first attach and tgs_bad"
         );
     }
 
@@ -2383,5 +2446,34 @@ mod tests {
         assert_eq!(state().as_deref(), Some("true,3"), "alice sees only hers");
         Spi::run("SET LOCAL ROLE tgo_alice; DELETE FROM tgo_appts; RESET ROLE").unwrap();
         assert_eq!(state().as_deref(), Some("true,2"), "bob's remain");
+    }
+
+    #[pg_test]
+    fn tg_child_flag_after_truncate_clears_every_parent() {
+        Spi::run(
+            "CREATE TABLE tgt_calls (id bigint PRIMARY KEY, made boolean, n int);
+             CREATE TABLE tgt_appts (id serial PRIMARY KEY, call_id bigint);
+             CREATE TRIGGER f AFTER INSERT OR UPDATE OR DELETE ON tgt_appts FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_child_flag('tgt_calls', 'id', 'call_id', 'made', 'n');
+             CREATE TRIGGER t AFTER TRUNCATE ON tgt_appts FOR EACH STATEMENT
+                 EXECUTE FUNCTION integrity.tg_child_flag('tgt_calls', 'id', 'call_id', 'made', 'n');
+             INSERT INTO tgt_calls SELECT g, NULL, NULL FROM generate_series(1, 3) g;
+             INSERT INTO tgt_appts (call_id) VALUES (1), (1), (2);",
+        )
+        .unwrap();
+        let state = || {
+            text("SELECT string_agg(format('%s:%s:%s', id, made, n), ',' ORDER BY id) FROM tgt_calls")
+        };
+        assert_eq!(state(), "1:t:2,2:t:1,3::");
+        Spi::run("TRUNCATE tgt_appts").unwrap();
+        // Every parent not already known false/0 is recounted (3 had NULLs).
+        assert_eq!(state(), "1:f:0,2:f:0,3:f:0");
+        // BEFORE TRUNCATE is the wrong timing.
+        Spi::run(
+            "CREATE TRIGGER b BEFORE TRUNCATE ON tgt_appts FOR EACH STATEMENT
+                 EXECUTE FUNCTION integrity.tg_child_flag('tgt_calls', 'id', 'call_id', 'made', 'n')",
+        )
+        .unwrap();
+        assert_eq!(sqlstate("TRUNCATE tgt_appts"), "39P01");
     }
 }
