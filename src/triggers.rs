@@ -274,6 +274,23 @@ thread_local! {
     // Looked up on every row: FxHash, not SipHash, for a u32 key.
     static CONFIGS: RefCell<rustc_hash::FxHashMap<Oid, Entry>> = RefCell::new(rustc_hash::FxHashMap::default());
     static WATCHING: Cell<bool> = const { Cell::new(false) };
+    /// (other table, trigger): a trigger's config also names this table
+    /// (tg_child_flag's parent, a partitioned table it counts over), so a
+    /// change to it forgets the config too.
+    static ALSO: RefCell<Vec<(Oid, Oid)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The firing trigger's config depends on table `rel` as well as on its own.
+fn depends_on(f: &Fired<'_>, rel: Oid) {
+    let tgoid = f.trigger().tgoid;
+    if rel != f.relid() {
+        ALSO.with(|a| {
+            let mut a = a.borrow_mut();
+            if !a.contains(&(rel, tgoid)) {
+                a.push((rel, tgoid));
+            }
+        });
+    }
 }
 
 /// Relcache invalidation callback: forget the triggers of a table that
@@ -281,11 +298,21 @@ thread_local! {
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: Oid) {
     // Values are only dropped after the borrow ends (their Drop may free
     // memory contexts).
+    let also: Vec<Oid> = ALSO.with(|a| {
+        let mut a = a.borrow_mut();
+        let hit = a
+            .iter()
+            .filter(|(r, _)| relid == Oid::INVALID || *r == relid)
+            .map(|(_, t)| *t)
+            .collect();
+        a.retain(|(r, _)| relid != Oid::INVALID && *r != relid);
+        hit
+    });
     let gone: Vec<Entry> = CONFIGS.with(|c| {
         let mut c = c.borrow_mut();
         let keys: Vec<Oid> = c
             .iter()
-            .filter(|(_, e)| relid == Oid::INVALID || e.relid == relid)
+            .filter(|(k, e)| relid == Oid::INVALID || e.relid == relid || also.contains(k))
             .map(|(k, _)| *k)
             .collect();
         keys.into_iter().filter_map(|k| c.remove(&k)).collect()
@@ -1415,6 +1442,8 @@ fn truncated(f: &Fired<'_>) {
         );
         let example = example.replace("FOR EACH ROW", "FOR EACH STATEMENT");
         let a = child_args(f, &example);
+        depends_on(f, a.parent);
+        depends_on(f, f.counted());
         let (q_key, q_fk, q_flag) = (quote(&a.key.name), quote(&a.fk.name), quote(&a.flag.name));
         let (parent_sql, child_sql) = (qualified(a.parent), qualified(f.counted()));
         let eq = "OPERATOR(pg_catalog.=)";
@@ -1492,6 +1521,8 @@ fn set_based<'a>(f: &Fired<'a>) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> 
     let sql = config(f, |f| {
         let example = "SELECT integrity.attach_child_flag('appointments', 'calls', 'id', 'call_id', 'appointment_made', 'appointment_count')";
         let a = child_args(f, example);
+        depends_on(f, a.parent);
+        depends_on(f, f.counted());
         let (q_key, q_fk, q_flag) = (quote(&a.key.name), quote(&a.fk.name), quote(&a.flag.name));
         let (parent_sql, child_sql, live) =
             (qualified(a.parent), qualified(f.counted()), a.live.clone());
@@ -1743,6 +1774,8 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         deleted,
         live,
     } = child_args(f, example);
+    depends_on(f, parent);
+    depends_on(f, f.counted());
     let eq = "OPERATOR(pg_catalog.=)";
     let (parent_sql, child_sql) = (qualified(parent), qualified(f.counted()));
     let lock = format!(
@@ -2475,5 +2508,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sqlstate("TRUNCATE tgt_appts"), "39P01");
+    }
+
+    #[pg_test]
+    fn a_change_to_the_parent_table_is_validated_again() {
+        Spi::run(
+            "CREATE TABLE tgr_calls (id bigint PRIMARY KEY, made boolean);
+             CREATE TABLE tgr_appts (id serial PRIMARY KEY, call_id bigint);
+             CREATE TRIGGER f AFTER INSERT OR UPDATE OR DELETE ON tgr_appts FOR EACH ROW
+                 EXECUTE FUNCTION integrity.tg_child_flag('tgr_calls', 'id', 'call_id', 'made');
+             INSERT INTO tgr_calls VALUES (1);
+             INSERT INTO tgr_appts (call_id) VALUES (1);
+             ALTER TABLE tgr_calls RENAME COLUMN made TO has;",
+        )
+        .unwrap();
+        // The trigger's kept statements named the old column: it is
+        // checked again, and the mistake named as any other.
+        let insert = "INSERT INTO tgr_appts (call_id) VALUES (1)";
+        assert_eq!(sqlstate(insert), "42703");
+        let message = crate::testutil::error_message(insert);
+        assert!(message.contains("argument 4"), "{message}");
     }
 }
