@@ -1137,6 +1137,7 @@ mod tests {
 
     #[pg_test]
     fn a_trigger_on_bookings_still_fires_and_rows_are_alike() {
+        crate::testutil::serialize_ddl();
         let args = "contact_id => '00000000-0000-0000-0000-0000000000cc', metadata => '{\"src\": \"web\"}'";
         let direct = json(&format!(
             "SELECT integrity.book('{ORG_DDL1}', '{RES}', '2026-12-01 10:00+00', '1 hour', {args})"
@@ -1617,6 +1618,7 @@ mod tests {
 
     #[pg_test]
     fn a_changed_policy_or_a_new_check_is_obeyed() {
+        crate::testutil::serialize_ddl();
         Spi::run("CREATE ROLE integrity_test_app2").unwrap();
         Spi::run("SELECT integrity.grant_access('integrity_test_app2')").unwrap();
         // A policy that is no longer ours: book must apply it, not ours.

@@ -24,6 +24,8 @@ pub enum Kind {
     NotInPrerequisiteState,
     /// 23505: a row that must be unique exists already.
     UniqueViolation,
+    /// 25006: a write in a read-only transaction (or on a hot standby).
+    ReadOnlyTransaction,
     /// 23502: a NULL in a column that is NOT NULL.
     NotNullViolation,
     /// 23514: a row breaks a rule it must keep (a trigger's `reject`).
@@ -65,6 +67,7 @@ impl Kind {
             Kind::UniqueViolation => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             Kind::CheckViolation => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             Kind::NotNullViolation => PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+            Kind::ReadOnlyTransaction => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             Kind::TriggerProtocol => PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
             Kind::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             Kind::UndefinedTable => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,

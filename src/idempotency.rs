@@ -528,6 +528,21 @@ fn idem_begin(
         }
         _ => {}
     }
+    // Everything below writes the key's row. Said here, before any SQL:
+    // pgrx would assign a transaction id first, which a hot standby
+    // refuses with an internal error instead of this one.
+    if crate::direct::read_only() {
+        advisory_unlock(lock);
+        raise(
+            Kind::ReadOnlyTransaction,
+            F,
+            format!(
+                "idempotency key {:?} in scope {:?} is new or unfinished, and beginning it writes, which a read-only transaction cannot",
+                k.key, k.scope
+            ),
+            "Call integrity.idem_begin in a read-write transaction on the primary; a read-only one (a hot standby) can only replay keys already completed.",
+        );
+    }
     pinned(|| {
         Spi::connect_mut(|client| {
             let [o, s, kk] = k.args();
@@ -885,6 +900,9 @@ mod tests {
 
     #[pg_test]
     fn direct_path_stores_and_answers_as_the_statements_do() {
+        // Tests that change integrity.idempotency_keys run one at a time
+        // (each holds the table, then asks for a stronger lock on it).
+        crate::testutil::serialize_ddl();
         // Direct: the table as integrity creates it.
         let direct = [lifecycle("dx-ok", false), lifecycle("dx-fail", true)];
         // A trigger on the table sends claims and updates through SQL
@@ -921,6 +939,9 @@ mod tests {
 
     #[pg_test]
     fn changes_users_make_to_the_keys_table_are_respected() {
+        // Tests that change integrity.idempotency_keys run one at a time
+        // (each holds the table, then asks for a stronger lock on it).
+        crate::testutil::serialize_ddl();
         let reference = lifecycle("ch-ref", false);
         // An expression index: every key written is found through it (its
         // compiled expressions are not kept across writes).
@@ -993,6 +1014,9 @@ mod tests {
 
     #[pg_test]
     fn a_hostile_search_path_changes_no_answer() {
+        // Tests that change integrity.idempotency_keys run one at a time
+        // (each holds the table, then asks for a stronger lock on it).
+        crate::testutil::serialize_ddl();
         // idem_begin and idem_complete pin search_path around their SQL
         // only: a caller's path with an `=` that is never true must not
         // reach the statements (direct path first, then through SQL).

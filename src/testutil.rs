@@ -65,3 +65,10 @@ pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
 pub fn text(sql: &str) -> String {
     one::<String>(sql).unwrap_or_else(|| "NULL".into())
 }
+
+/// For tests that change one of integrity's own tables (CREATE TRIGGER,
+/// ALTER TABLE on it): one at a time, or two of them deadlock (each holds
+/// the table for its writes, then asks for a stronger lock on it).
+pub fn serialize_ddl() {
+    Spi::run("SELECT pg_advisory_xact_lock(4210421)").expect("test DDL lock");
+}

@@ -286,3 +286,62 @@ fn a_key_left_processing_is_written_at_commit_as_whoever_began_it() {
         ]
     );
 }
+
+#[test]
+fn a_hot_standby_replays_a_completed_key_and_refuses_a_new_one() {
+    // Read replicas serve retries of completed requests: a replay writes
+    // nothing. A new key needs a write, refused as any write is there.
+    let primary = Cluster::start();
+    let mut p = primary.connect();
+    p.batch_execute(&format!(
+        "SELECT integrity.idem_begin('{ORG}', 'POST /charges', 'done-1', '{{\"amount\": 5}}');
+         SELECT integrity.idem_complete('{ORG}', 'POST /charges', 'done-1', 201, '{{\"charge\": \"ch_1\"}}');"
+    ))
+    .unwrap();
+    let standby = primary.standby();
+    let mut s = standby.connect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s
+        .query_one(
+            "SELECT count(*) FROM integrity.idempotency_keys WHERE key = 'done-1'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let in_recovery: bool = s
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    let replay: Value = s
+        .query_one(
+            &format!(
+                "SELECT integrity.idem_begin('{ORG}', 'POST /charges', 'done-1', '{{\"amount\": 5}}')"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (
+            replay["outcome"].clone(),
+            replay["response_code"].clone(),
+            replay["response"]["charge"].clone()
+        ),
+        ("replay".into(), 201.into(), "ch_1".into()),
+        "{replay}"
+    );
+    let new = s.query_one(
+        &format!("SELECT integrity.idem_begin('{ORG}', 'POST /charges', 'new-1', '{{}}')"),
+        &[],
+    );
+    assert_eq!(common::sqlstate(&new), "25006");
+}

@@ -145,6 +145,70 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of this cluster (pg_basebackup, streaming), running.
+    #[allow(dead_code)]
+    pub fn standby(&self) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "integrity-cluster-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create standby dir");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown standby dir",
+            );
+        }
+        let data = dir.join("data");
+        let mut backup = as_pg_user(&self.bindir.join("pg_basebackup"));
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ])
+            .args(["-c", "fast"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(&data);
+        run(backup, "pg_basebackup");
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c hot_standby=on -c max_connections=200",
+            dir.display()
+        );
+        let mut start = as_pg_user(&self.bindir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-o")
+            .arg(&opts)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        start
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
+        run(start, "pg_ctl start (standby)");
+        Cluster {
+            port,
+            dir,
+            bindir: self.bindir.clone(),
+        }
+    }
+
     pub fn conninfo(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
