@@ -96,6 +96,27 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&[(c"search_path", c"pg_catalog, pg_temp")], f)
 }
 
+/// `f()` as `user`, with the security context `security` makes of the
+/// current one, restored after (an ERROR aborts the transaction, which
+/// restores it itself): the switch a SECURITY DEFINER function or a
+/// foreign-key check makes (fmgr_security_definer, ri_triggers.c).
+pub fn as_user<R>(
+    user: pg_sys::Oid,
+    security: impl FnOnce(i32) -> i32,
+    f: impl FnOnce() -> R,
+) -> R {
+    let (mut was, mut context) = (pg_sys::Oid::INVALID, 0);
+    // SAFETY: reads and sets this backend's current user; restored below.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut was, &mut context);
+        pg_sys::SetUserIdAndSecContext(user, security(context));
+    }
+    let r = f();
+    // SAFETY: restores what was read above.
+    unsafe { pg_sys::SetUserIdAndSecContext(was, context) };
+    r
+}
+
 /// Run `f` with each (setting, value) in `settings`, restored afterwards,
 /// as a function's SET clauses would be set, but only around `f`.
 pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {

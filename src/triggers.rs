@@ -725,22 +725,17 @@ fn log_correction(
 /// tg_child_flag counts every child and updates the parent whatever the
 /// writing role may see or update (it needs no rights on the parent).
 fn as_owner<R>(f: &Fired<'_>, body: impl FnOnce() -> R) -> R {
-    let (mut user, mut security) = (Oid::INVALID, 0);
-    // SAFETY: the switch ri_triggers.c makes around its queries, undone
-    // below (an ERROR aborts the transaction, which restores it).
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
-        pg_sys::SetUserIdAndSecContext(
-            (*(*f.rel()).rd_rel).relowner,
+    // SAFETY: rd_rel of the open relation the trigger fired on.
+    let owner = unsafe { (*(*f.rel()).rd_rel).relowner };
+    crate::plans::as_user(
+        owner,
+        |security| {
             security
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_NOFORCE_RLS as i32,
-        );
-    }
-    let r = body();
-    // SAFETY: restores what was read above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, security) };
-    r
+                | pg_sys::SECURITY_NOFORCE_RLS as i32
+        },
+        body,
+    )
 }
 
 fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {

@@ -639,16 +639,7 @@ fn guarded(sql: &str, role: Oid) -> Result<(), Caught> {
 
 /// `f()` with `role` as the current user (restored after, also on error).
 fn as_role<R>(role: Oid, f: impl FnOnce() -> R) -> R {
-    // SAFETY: the worker's own user switch, undone below.
-    let (mut user, mut context) = (Oid::INVALID, 0);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(role, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let r = f();
-    // SAFETY: restores what was read above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
-    r
+    crate::plans::as_user(role, |_| pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32, f)
 }
 
 /// Whether `relid` has an invalid index named `name`.

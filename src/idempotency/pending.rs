@@ -171,19 +171,7 @@ fn org_setting() -> Option<std::ffi::CString> {
 /// begun under; restored after (an ERROR aborts the transaction, which
 /// restores both itself).
 fn as_begun<R>(p: &Pending, f: impl FnOnce() -> R) -> R {
-    let as_user = || {
-        let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
-        // SAFETY: the user switch a SECURITY DEFINER function makes
-        // (fmgr_security_definer), undone by the second call.
-        unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut security);
-            pg_sys::SetUserIdAndSecContext(p.user, p.security);
-        }
-        let r = f();
-        // SAFETY: restores what was read above.
-        unsafe { pg_sys::SetUserIdAndSecContext(user, security) };
-        r
-    };
+    let as_user = || crate::plans::as_user(p.user, |_| p.security, f);
     if org_setting() == p.org {
         return as_user();
     }
