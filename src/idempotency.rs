@@ -79,23 +79,11 @@ static PEEK: Stmt = Stmt {
     writes: false,
 };
 
+/// A key's row as processing, counted from when it was begun ($7: now, or
+/// earlier in this transaction for a key written at commit or settled
+/// later): one time for created_at, the lease and the expiry, so
+/// expires_at - created_at is exactly the ttl, as the direct path writes it.
 static CLAIM: Stmt = Stmt {
-    // One clock reading for created_at, the lease and the expiry, so
-    // expires_at - created_at is exactly the ttl (as the direct path writes).
-    sql: "INSERT INTO integrity.idempotency_keys AS k
-              (org_id, scope, key, fingerprint, lease, locked_until, expires_at, created_at)
-          SELECT $1, $2, $3, $4, $5, n.t + $5, n.t + $6, n.t
-          FROM (SELECT pg_catalog.clock_timestamp() AS t) n
-          ON CONFLICT (org_id, scope, key) DO NOTHING
-          RETURNING k.attempts",
-    args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
-    writes: true,
-};
-
-/// CLAIM of a key begun earlier in this transaction (written at commit,
-/// or settled later), counted from when it was begun ($7), as the direct
-/// path writes it.
-static CLAIM_BEGUN: Stmt = Stmt {
     sql: "INSERT INTO integrity.idempotency_keys AS k
               (org_id, scope, key, fingerprint, lease, locked_until, expires_at, created_at)
           VALUES ($1, $2, $3, $4, $5, $7 + $5, $7 + $6, $7)
@@ -122,14 +110,22 @@ static EXISTING: Stmt = Stmt {
 
 /// An expired key is used afresh, as if it had never been.
 static RESTART: Stmt = Stmt {
+    // Counted from $7 (now), as CLAIM (it takes the same arguments).
     sql: "UPDATE integrity.idempotency_keys
           SET fingerprint = $4, status = 'processing', retryable = NULL,
               response_code = NULL, response = NULL, recovery_point = NULL,
-              lease = $5, locked_until = n.t + $5, attempts = 1,
-              created_at = n.t, completed_at = NULL, expires_at = n.t + $6
-          FROM (SELECT pg_catalog.clock_timestamp() AS t) n
+              lease = $5, locked_until = $7 + $5, attempts = 1,
+              created_at = $7, completed_at = NULL, expires_at = $7 + $6
           WHERE org_id = $1 AND scope = $2 AND key = $3",
-    args: &[UUID, TEXT, TEXT, TEXT, INTERVAL, INTERVAL],
+    args: &[
+        UUID,
+        TEXT,
+        TEXT,
+        TEXT,
+        INTERVAL,
+        INTERVAL,
+        pg_sys::TIMESTAMPTZOID,
+    ],
     writes: true,
 };
 
@@ -298,6 +294,12 @@ fn now() -> pg_sys::TimestampTz {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+/// `t` as a timestamptz argument.
+fn timestamptz(t: pg_sys::TimestampTz) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    // SAFETY: a timestamptz datum is its microseconds.
+    unsafe { pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(t), false) }
+}
+
 /// Write a pending key's row as processing under its lease.
 fn write_pending(p: &pending::Pending) {
     let k = p.key();
@@ -312,13 +314,6 @@ fn write_pending(p: &pending::Pending) {
         pinned(|| {
             Spi::connect_mut(|client| {
                 let [o, s, kk] = k.args();
-                // SAFETY: a timestamptz datum is its microseconds.
-                let begun = unsafe {
-                    pgrx::datum::TimestampWithTimeZone::from_datum(
-                        pg_sys::Datum::from(p.begun),
-                        false,
-                    )
-                };
                 let args = [
                     o,
                     s,
@@ -326,9 +321,9 @@ fn write_pending(p: &pending::Pending) {
                     p.fingerprint.clone().into(),
                     p.lease.into(),
                     p.ttl.into(),
-                    begun.into(),
+                    timestamptz(p.begun).into(),
                 ];
-                !run(client, &CLAIM_BEGUN, Some(1), &args).is_empty()
+                !run(client, &CLAIM, Some(1), &args).is_empty()
             })
         })
     });
@@ -553,6 +548,7 @@ fn idem_begin(
                 fingerprint.clone().into(),
                 lease.into(),
                 ttl.into(),
+                timestamptz(now()).into(),
             ];
             // A key purged between our insert and our look is claimed again.
             for _ in 0..3 {
