@@ -112,6 +112,9 @@ const OUR_POLICY: &str =
 #[derive(Clone, Copy)]
 struct Shape {
     table: Oid,
+    /// Schema integrity's OID when the shape was taken (the table must
+    /// still be in it).
+    namespace: Oid,
     indexes: [Oid; MAX_NAMED],
     /// For each named btree index, the equality functions of its key
     /// columns (what `fetch`'s scan keys need), looked up once.
@@ -221,8 +224,7 @@ impl Rel {
             // reused), or the table moved out of schema integrity.
             if !rel.is_null()
                 && (CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) != spec.table
-                    || (*(*rel).rd_rel).relnamespace
-                        != pg_sys::get_namespace_oid(c"integrity".as_ptr(), false))
+                    || remembered.is_some_and(|s| (*(*rel).rd_rel).relnamespace != s.namespace))
             {
                 pg_sys::relation_close(rel, lockmode);
                 rel = null_mut();
@@ -409,7 +411,9 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         }
     }
     let mut eq_procs = [[Oid::INVALID; MAX_KEYS]; MAX_NAMED];
-    let mut col = columns(spec, rel);
+    let namespace = pg_sys::get_namespace_oid(c"integrity".as_ptr(), false);
+    // A table moved out of schema integrity is not the one integrity made.
+    let mut col = columns(spec, rel).filter(|_| (*(*rel).rd_rel).relnamespace == namespace);
     for (i, &oid) in indexes[..spec.indexes.len()].iter().enumerate() {
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let irel = pg_sys::index_open(oid, lock);
@@ -480,6 +484,7 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
     }
     Shape {
         table,
+        namespace,
         indexes,
         eq_procs,
         col,
