@@ -220,27 +220,34 @@ fn a_request_rolled_back_builds_nothing_and_callers_at_once_get_one_build() {
     );
 }
 
-#[test]
-fn the_worker_does_not_run_sql_text_from_its_table() {
-    let (_cluster, mut c) = people(1000, "");
-    // Callers can write integrity.index_builds; what the worker runs is
-    // worked out again from the table and column, never read as SQL.
+/// Asks for people.email's index and, before committing, changes the
+/// queued build's row with `tamper` ($1: the build's id); the worker still
+/// builds exactly what was asked for.
+fn tampered_build_builds_what_was_asked(c: &mut postgres::Client, tamper: &str) {
     let mut tx = c.transaction().unwrap();
     let r: serde_json::Value = tx
         .query_one("SELECT integrity.unique_active('people', 'email')", &[])
         .unwrap()
         .get(0);
+    assert_eq!(r["status"], "queued", "{r}");
     let id = r["build_id"].as_i64().unwrap();
-    tx.execute(
-        "UPDATE integrity.index_builds SET statement = 'DROP TABLE people' WHERE id = $1",
-        &[&id],
-    )
-    .unwrap();
+    tx.execute(tamper, &[&id]).unwrap();
     tx.commit().unwrap();
-    assert_eq!(settled(&mut c, id).0, "done");
+    assert_eq!(settled(c, id).0, "done");
     assert_eq!(
-        indexes(&mut c, "people"),
+        indexes(c, "people"),
         vec![("people_email_active_key".to_string(), true)]
+    );
+}
+
+#[test]
+fn the_worker_does_not_run_sql_text_from_its_table() {
+    let (_cluster, mut c) = people(1000, "");
+    // Callers can write integrity.index_builds; what the worker runs is
+    // worked out again from the table and column, never read as SQL.
+    tampered_build_builds_what_was_asked(
+        &mut c,
+        "UPDATE integrity.index_builds SET statement = 'DROP TABLE people' WHERE id = $1",
     );
 }
 
@@ -412,25 +419,11 @@ fn rows_of_index_builds_written_by_callers_neither_redirect_nor_block_a_build() 
     .unwrap();
     // A queued build whose row is pointed at another table and column
     // before the worker reads it still builds what was asked for.
-    let mut tx = c.transaction().unwrap();
-    let r: serde_json::Value = tx
-        .query_one("SELECT integrity.unique_active('people', 'email')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(r["status"], "queued", "{r}");
-    let id = r["build_id"].as_i64().unwrap();
-    tx.execute(
+    tampered_build_builds_what_was_asked(
+        &mut c,
         "UPDATE integrity.index_builds
             SET table_oid = 'other'::regclass, column_name = 'secret', deleted_column = NULL
           WHERE id = $1",
-        &[&id],
-    )
-    .unwrap();
-    tx.commit().unwrap();
-    assert_eq!(settled(&mut c, id).0, "done");
-    assert_eq!(
-        indexes(&mut c, "people"),
-        vec![("people_email_active_key".to_string(), true)]
     );
     assert_eq!(indexes(&mut c, "other"), vec![]);
 }

@@ -75,6 +75,29 @@ fn run(mut c: Command, what: &str) {
     );
 }
 
+/// A new, empty directory for a cluster, owned by `postgres` when we are
+/// root.
+fn cluster_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "integrity-cluster-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create cluster dir");
+    if is_root() {
+        run(
+            {
+                let mut c = Command::new("chown");
+                c.args(["postgres:postgres"]).arg(&dir);
+                c
+            },
+            "chown cluster dir",
+        );
+    }
+    dir
+}
+
 impl Cluster {
     /// A fresh cluster with `CREATE EXTENSION integrity CASCADE` done.
     pub fn start() -> Cluster {
@@ -84,23 +107,7 @@ impl Cluster {
     /// A fresh cluster with extra `postgresql.conf` settings (`name=value`).
     pub fn start_with(settings: &[&str]) -> Cluster {
         let bindir = bindir();
-        let dir = std::env::temp_dir().join(format!(
-            "integrity-cluster-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create cluster dir");
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["postgres:postgres"]).arg(&dir);
-                    c
-                },
-                "chown cluster dir",
-            );
-        }
+        let dir = cluster_dir();
         let data = dir.join("data");
         let mut initdb = as_pg_user(&bindir.join("initdb"));
         initdb.arg("-D").arg(&data).args([
@@ -123,22 +130,8 @@ impl Cluster {
         for s in settings {
             opts.push_str(&format!(" -c {s}"));
         }
-        let mut start = as_pg_user(&bindir.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-o")
-            .arg(&opts)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]);
-        // The server runs as it would in production: no Rust backtraces in
-        // error details, whatever our own environment says.
-        start
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE");
-        run(start, "pg_ctl start");
         let cluster = Cluster { port, dir, bindir };
+        cluster.start_server(&opts);
         let mut c = cluster.connect();
         c.batch_execute("CREATE EXTENSION integrity CASCADE")
             .expect("CREATE EXTENSION integrity");
@@ -148,23 +141,7 @@ impl Cluster {
     /// A hot standby of this cluster (pg_basebackup, streaming), running.
     #[allow(dead_code)]
     pub fn standby(&self) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "integrity-cluster-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create standby dir");
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["postgres:postgres"]).arg(&dir);
-                    c
-                },
-                "chown standby dir",
-            );
-        }
+        let dir = cluster_dir();
         let data = dir.join("data");
         let mut backup = as_pg_user(&self.bindir.join("pg_basebackup"));
         backup
@@ -185,28 +162,35 @@ impl Cluster {
             .arg(&data);
         run(backup, "pg_basebackup");
         let port = free_port();
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c hot_standby=on -c max_connections=200",
-            dir.display()
-        );
-        let mut start = as_pg_user(&self.bindir.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-o")
-            .arg(&opts)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]);
-        start
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE");
-        run(start, "pg_ctl start (standby)");
-        Cluster {
+        let standby = Cluster {
             port,
             dir,
             bindir: self.bindir.clone(),
-        }
+        };
+        standby.start_server(&format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c hot_standby=on -c max_connections=200",
+            standby.dir.display()
+        ));
+        standby
+    }
+
+    /// `pg_ctl start` of this cluster's data directory with `opts`.
+    fn start_server(&self, opts: &str) {
+        let mut start = as_pg_user(&self.bindir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-o")
+            .arg(opts)
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        // The server runs as it would in production: no Rust backtraces in
+        // error details, whatever our own environment says.
+        start
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
+        run(start, "pg_ctl start");
     }
 
     pub fn conninfo(&self) -> String {
