@@ -15,8 +15,13 @@ use std::sync::{Arc, Barrier};
 const CLIENTS: usize = 16;
 const OPS: usize = 150;
 const CALLS: i64 = 6;
-/// (calls, appointments): row-level trigger, then set-based.
-const PAIRS: [(&str, &str); 2] = [("calls", "appointments"), ("calls_s", "appointments_s")];
+/// (calls, appointments): row-level trigger counting through the index on
+/// call_id, row-level with no such index (counting in SQL), set-based.
+const PAIRS: [(&str, &str); 3] = [
+    ("calls", "appointments"),
+    ("calls_n", "appointments_n"),
+    ("calls_s", "appointments_s"),
+];
 
 fn setup(cluster: &Cluster) {
     let mut c = cluster.connect();
@@ -28,15 +33,19 @@ fn setup(cluster: &Cluster) {
                  appointment_count int NOT NULL DEFAULT 0);
              CREATE TABLE {appts} (id serial PRIMARY KEY, call_id bigint REFERENCES {calls},
                  cancelled_at timestamptz);
-             CREATE INDEX ON {appts} (call_id);
              INSERT INTO {calls} (id) SELECT g FROM generate_series(1, {CALLS}) g;"
         ))
         .unwrap();
     }
     c.batch_execute(
-        "CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments
+        "CREATE INDEX ON appointments (call_id);
+         CREATE INDEX ON appointments_s (call_id);
+         CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments
            FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag(
              'calls', 'id', 'call_id', 'appointment_made', 'appointment_count', 'cancelled_at');
+         CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments_n
+           FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag(
+             'calls_n', 'id', 'call_id', 'appointment_made', 'appointment_count', 'cancelled_at');
          SELECT integrity.attach_child_flag('appointments_s', 'calls_s', 'id', 'call_id',
              'appointment_made', 'appointment_count', 'cancelled_at');",
     )
@@ -164,14 +173,26 @@ fn without_a_count_two_deletes_of_the_last_two_children_clear_the_flag_under_rep
          CREATE TABLE appointments (id int PRIMARY KEY, call_id bigint);
          CREATE TABLE calls_s (id bigint PRIMARY KEY, appointment_made boolean NOT NULL DEFAULT false);
          CREATE TABLE appointments_s (id int PRIMARY KEY, call_id bigint);
+         CREATE TABLE calls_i (id bigint PRIMARY KEY, appointment_made boolean NOT NULL DEFAULT false);
+         CREATE TABLE appointments_i (id int PRIMARY KEY, call_id bigint);
+         CREATE INDEX ON appointments_i (call_id);
          CREATE TRIGGER flag AFTER INSERT OR UPDATE OR DELETE ON appointments FOR EACH ROW
            EXECUTE FUNCTION integrity.tg_child_flag('calls', 'id', 'call_id', 'appointment_made');
+         CREATE TRIGGER flag AFTER INSERT OR UPDATE OR DELETE ON appointments_i FOR EACH ROW
+           EXECUTE FUNCTION integrity.tg_child_flag('calls_i', 'id', 'call_id', 'appointment_made');
          SELECT integrity.attach_child_flag('appointments_s', 'calls_s', 'id', 'call_id', 'appointment_made');
          INSERT INTO calls VALUES (1); INSERT INTO appointments VALUES (1, 1), (2, 1);
-         INSERT INTO calls_s VALUES (1); INSERT INTO appointments_s VALUES (1, 1), (2, 1);",
+         INSERT INTO calls_s VALUES (1); INSERT INTO appointments_s VALUES (1, 1), (2, 1);
+         INSERT INTO calls_i VALUES (1); INSERT INTO appointments_i VALUES (1, 1), (2, 1);",
     )
     .unwrap();
-    for (calls, appts) in [("calls", "appointments"), ("calls_s", "appointments_s")] {
+    // Row-level counting in SQL, set-based, row-level counting through the
+    // index on call_id.
+    for (calls, appts) in [
+        ("calls", "appointments"),
+        ("calls_s", "appointments_s"),
+        ("calls_i", "appointments_i"),
+    ] {
         let made = |c: &mut postgres::Client| -> bool {
             c.query_one(
                 &format!("SELECT appointment_made FROM {calls} WHERE id = 1"),
