@@ -21,7 +21,11 @@
 //! not the log. (With `appointment_made DEFAULT false`, every booked call
 //! would be a logged correction, as the default breaks the rule.)
 //!
-//! env: BENCH_ROWS (200000), BENCH_CLIENTS (8), BENCH_SETTINGS (postgresql.conf).
+//! Every load is timed BENCH_ROUNDS times per variant (fresh tables each
+//! round, variants in a rotated order); the medians are printed.
+//!
+//! env: BENCH_ROWS (200000), BENCH_CLIENTS (8), BENCH_ROUNDS (3),
+//! BENCH_SETTINGS (postgresql.conf).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -172,13 +176,14 @@ fn inserts(cluster: &Cluster, s: &str, rows: u64, calls: u64, table: &str, clien
 fn main() {
     let rows: u64 = shared::var("BENCH_ROWS", 200_000);
     let clients = shared::var("BENCH_CLIENTS", 8u64);
+    let rounds: usize = shared::var("BENCH_ROUNDS", 3);
     let settings_owned = shared::settings();
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);
     let mut c = cluster.connect();
     schemas(&mut c);
     let pg: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
-    println!("trigger benchmark: PostgreSQL {pg}, {rows} rows per load, single-row INSERTs from {clients} clients");
+    println!("trigger benchmark: PostgreSQL {pg}, {rows} rows per load, single-row INSERTs from {clients} clients, medians of {rounds} rounds");
     println!(
         "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>7} {:>7} {:>7}  {:>12} {:>11} {:>10}",
         "load (rows/s)",
@@ -218,34 +223,65 @@ fn main() {
         );
     };
     // The floor only has triggers on calls: its appointments loads would
-    // repeat `none`.
-    let run = |load: &str, f: &mut dyn FnMut(&str) -> f64| {
-        let r = VARIANTS.map(|s| {
-            if s == "floor" && load.contains("appointments") {
-                f64::NAN
-            } else {
-                f(s)
+    // repeat `none`. Each round times every variant, in an order rotated
+    // from round to round, so a machine that slows down midway does not
+    // favour one; each cell is the median of its rounds.
+    const LOADS: [&str; 4] = [
+        "COPY calls",
+        "COPY appointments",
+        "INSERT calls (1 row each)",
+        "INSERT appointments",
+    ];
+    let mut runs = vec![vec![Vec::new(); VARIANTS.len()]; LOADS.len()];
+    for round in 0..rounds {
+        if round > 0 {
+            c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
+                .unwrap();
+            schemas(&mut c);
+        }
+        for (l, load) in LOADS.iter().enumerate() {
+            if l == 2 {
+                // Fresh tables for the INSERT loads (as for the COPY loads):
+                // after a TRUNCATE, PL/pgSQL's cached plans would scan the
+                // grown table.
+                c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
+                    .unwrap();
+                schemas(&mut c);
             }
-        });
-        report(load, r);
-        r
-    };
-    // Each load starts from empty tables (the COPY loads, then the INSERTs).
-    let copy_calls = run("COPY calls", &mut |s| copy(&mut c, s, rows, rows, "calls"));
-    let copy_appts = run("COPY appointments", &mut |s| {
-        copy(&mut c, s, rows, rows, "appointments")
-    });
-    // Fresh tables for the INSERT loads (as for the COPY loads): after a
-    // TRUNCATE, PL/pgSQL's cached plans would scan the grown table.
-    c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
-        .unwrap();
-    schemas(&mut c);
-    run("INSERT calls (1 row each)", &mut |s| {
-        inserts(&cluster, s, rows, rows, "calls", clients)
-    });
-    run("INSERT appointments", &mut |s| {
-        inserts(&cluster, s, rows, rows, "appointments", clients)
-    });
+            for j in 0..VARIANTS.len() {
+                let v = (j + round) % VARIANTS.len();
+                let s = VARIANTS[v];
+                let r = if s == "floor" && load.contains("appointments") {
+                    f64::NAN
+                } else {
+                    match l {
+                        0 => copy(&mut c, s, rows, rows, "calls"),
+                        1 => copy(&mut c, s, rows, rows, "appointments"),
+                        2 => inserts(&cluster, s, rows, rows, "calls", clients),
+                        _ => inserts(&cluster, s, rows, rows, "appointments", clients),
+                    }
+                };
+                eprintln!("round {}: {load}, {s}: {r:.0} rows/s", round + 1);
+                runs[l][v].push(r);
+            }
+        }
+    }
+    let medians: Vec<[f64; 5]> = runs
+        .into_iter()
+        .map(|cells| {
+            let mut r = [f64::NAN; 5];
+            for (v, cell) in cells.into_iter().enumerate() {
+                if cell.iter().all(|x| !x.is_nan()) {
+                    r[v] = shared::median(cell);
+                }
+            }
+            r
+        })
+        .collect();
+    for (load, r) in LOADS.iter().zip(&medians) {
+        report(load, *r);
+    }
+    let (copy_calls, copy_appts) = (medians[0], medians[1]);
     // Every variant with triggers ends with the same, true, calls.
     for s in ["ours", "ours_set", "plpgsql"] {
         let wrong: i64 = c

@@ -15,8 +15,10 @@ use std::sync::{Arc, Barrier};
 const CLIENTS: usize = 16;
 const OPS: usize = 150;
 const CALLS: i64 = 6;
-/// (calls, appointments): row-level trigger counting through the index on
-/// call_id, row-level with no such index (counting in SQL), set-based.
+/// (calls, appointments): row-level trigger locking and counting through
+/// indexes; row-level locking and counting in SQL (calls_n has row
+/// security on, which the superuser here bypasses, and appointments_n no
+/// index on call_id); set-based.
 const PAIRS: [(&str, &str); 3] = [
     ("calls", "appointments"),
     ("calls_n", "appointments_n"),
@@ -40,6 +42,7 @@ fn setup(cluster: &Cluster) {
     c.batch_execute(
         "CREATE INDEX ON appointments (call_id);
          CREATE INDEX ON appointments_s (call_id);
+         ALTER TABLE calls_n ENABLE ROW LEVEL SECURITY;
          CREATE TRIGGER appointments_flag AFTER INSERT OR UPDATE OR DELETE ON appointments
            FOR EACH ROW EXECUTE FUNCTION integrity.tg_child_flag(
              'calls', 'id', 'call_id', 'appointment_made', 'appointment_count', 'cancelled_at');
