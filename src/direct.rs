@@ -194,6 +194,20 @@ pub fn xact_snapshot() -> bool {
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
+/// The OIDs of the indexes of `rel`.
+///
+/// # Safety
+/// `rel` is open.
+pub unsafe fn index_oids(rel: pg_sys::Relation) -> Vec<Oid> {
+    let list = pg_sys::RelationGetIndexList(rel);
+    if list.is_null() {
+        return Vec::new();
+    }
+    (0..(*list).length as usize)
+        .map(|i| (*(*list).elements.add(i)).oid_value)
+        .collect()
+}
+
 /// An open integrity table and what we know of it. Closed by `close` (the
 /// lock stays to the end of the transaction, as a statement keeps it); an
 /// ERROR before that releases it through the resource owner.
@@ -565,14 +579,7 @@ unsafe fn kept_indexes(
         // Empty infos: the table has an index we keep no state for.
         return (!kept.1.is_empty()).then_some(kept);
     }
-    let list = pg_sys::RelationGetIndexList(rel);
-    let oids: Vec<Oid> = if list.is_null() {
-        Vec::new()
-    } else {
-        (0..(*list).length as usize)
-            .map(|i| (*(*list).elements.add(i)).oid_value)
-            .collect()
-    };
+    let oids = index_oids(rel);
     let new_context = |max: usize| {
         pg_sys::AllocSetContextCreateInternal(
             pg_sys::TopMemoryContext,
