@@ -381,17 +381,40 @@ impl Rel {
                 key[i],
             );
         }
-        let slot = pg_sys::table_slot_create(self.raw, null_mut());
-        let scan = pg_sys::index_beginscan(self.raw, irel, snapshot, n as i32, 0);
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), n as i32, null_mut(), 0);
-        let found =
-            pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
-        let r = found.then(|| read(slot));
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        let (mut read, mut r) = (Some(read), None);
+        index_scan(self.raw, irel, &mut keys[..n], snapshot, |slot| {
+            r = read.take().map(|read| read(slot));
+            false
+        });
         pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
         r
     }
+}
+
+/// Scan `rel` through its open index `irel` for the rows matching `keys`,
+/// visible to `snapshot`; `each` is given every one until it returns false.
+///
+/// # Safety
+/// `rel` is open and locked, `irel` is one of its indexes, open; `keys`
+/// are scan keys on `irel`'s columns.
+pub unsafe fn index_scan(
+    rel: pg_sys::Relation,
+    irel: pg_sys::Relation,
+    keys: &mut [pg_sys::ScanKeyData],
+    snapshot: pg_sys::Snapshot,
+    mut each: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
+) {
+    let n = keys.len() as i32;
+    let slot = pg_sys::table_slot_create(rel, null_mut());
+    let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, null_mut(), 0);
+    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        if !each(slot) {
+            break;
+        }
+    }
+    pg_sys::index_endscan(scan);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
 }
 
 /// `integrity.current_org() IS NULL OR org_id = integrity.current_org()`.

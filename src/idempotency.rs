@@ -83,23 +83,27 @@ static PEEK: Stmt = Stmt {
 /// earlier in this transaction for a key written at commit or settled
 /// later): one time for created_at, the lease and the expiry, so
 /// expires_at - created_at is exactly the ttl, as the direct path writes it.
+/// Its arguments: org_id, scope, key, fingerprint, lease, ttl, now.
 static CLAIM: Stmt = Stmt {
     sql: "INSERT INTO integrity.idempotency_keys AS k
               (org_id, scope, key, fingerprint, lease, locked_until, expires_at, created_at)
           VALUES ($1, $2, $3, $4, $5, $7 + $5, $7 + $6, $7)
           ON CONFLICT (org_id, scope, key) DO NOTHING
           RETURNING k.attempts",
-    args: &[
-        UUID,
-        TEXT,
-        TEXT,
-        TEXT,
-        INTERVAL,
-        INTERVAL,
-        pg_sys::TIMESTAMPTZOID,
-    ],
+    args: CLAIM_ARGS,
     writes: true,
 };
+
+/// CLAIM's and RESTART's arguments.
+const CLAIM_ARGS: &[pg_sys::Oid] = &[
+    UUID,
+    TEXT,
+    TEXT,
+    TEXT,
+    INTERVAL,
+    INTERVAL,
+    pg_sys::TIMESTAMPTZOID,
+];
 
 /// The existing key, locked, for the outcomes that change it.
 static EXISTING: Stmt = Stmt {
@@ -117,15 +121,7 @@ static RESTART: Stmt = Stmt {
               lease = $5, locked_until = $7 + $5, attempts = 1,
               created_at = $7, completed_at = NULL, expires_at = $7 + $6
           WHERE org_id = $1 AND scope = $2 AND key = $3",
-    args: &[
-        UUID,
-        TEXT,
-        TEXT,
-        TEXT,
-        INTERVAL,
-        INTERVAL,
-        pg_sys::TIMESTAMPTZOID,
-    ],
+    args: CLAIM_ARGS,
     writes: true,
 };
 

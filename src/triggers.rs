@@ -741,14 +741,13 @@ fn as_owner<R>(f: &Fired<'_>, body: impl FnOnce() -> R) -> R {
 /// for the session, and one made while a table was empty (just created or
 /// truncated) must not stay a sequential scan as the table grows.
 fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {
-    crate::plans::with_settings(
-        &[
-            (c"search_path", c"pg_catalog, pg_temp"),
-            (c"enable_seqscan", c"off"),
-        ],
-        f,
-    )
+    crate::plans::with_settings(&PINNED, f)
 }
+
+const PINNED: [(&CStr, &CStr); 2] = [
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"enable_seqscan", c"off"),
+];
 
 /// [`with_pinned_settings`] with `jit = off` too, for the statements that
 /// touch every row a statement changed (tg_child_flag per statement and on
@@ -756,14 +755,7 @@ fn with_pinned_settings<R>(f: impl FnOnce() -> R) -> R {
 /// JIT-compile them, which took longer than it saved: in a COPY of 100,000
 /// children, the recount took 1.48 s with JIT and 1.16 s without.
 fn with_bulk_settings<R>(f: impl FnOnce() -> R) -> R {
-    crate::plans::with_settings(
-        &[
-            (c"search_path", c"pg_catalog, pg_temp"),
-            (c"enable_seqscan", c"off"),
-            (c"jit", c"off"),
-        ],
-        f,
-    )
+    crate::plans::with_settings(&[PINNED[0], PINNED[1], (c"jit", c"off")], f)
 }
 
 impl Fired<'_> {
@@ -1356,27 +1348,21 @@ enum Lock {
     Index { parent: Oid, index: ByIndex },
 }
 
-/// How a locked parent is recounted: each way has two statements, the
-/// second writing the parent even when nothing changes. That one is used
-/// under REPEATABLE READ, where a lock alone does not make a concurrent
-/// toucher of the parent fail (two deletes of a parent's last two children
-/// would each see the other's child and leave the flag set); a write does
+/// How a locked parent is recounted: two statements, the second writing
+/// the parent even when nothing changes. That one is used under
+/// REPEATABLE READ, where a lock alone does not make a concurrent toucher
+/// of the parent fail (two deletes of a parent's last two children would
+/// each see the other's child and leave the flag set); a write does
 /// (40001, and the client retries).
-enum Recount {
-    /// One UPDATE that counts the children itself: for a partitioned
-    /// child table, or one with no index to count by.
-    Sql {
-        changed: OwnedPreparedStatement,
-        always: OwnedPreparedStatement,
-    },
-    /// The children counted here through an index on the fk column, then
-    /// an UPDATE given the count as $2: a plain plan, where the SQL count
-    /// made Postgres set up a join and an aggregate for every row.
-    Index {
-        index: ByIndex,
-        changed: OwnedPreparedStatement,
-        always: OwnedPreparedStatement,
-    },
+struct Recount {
+    /// With an index on the fk column, the children are counted here
+    /// through it and the statements are UPDATEs given the count as $2: a
+    /// plain plan, where the SQL count made Postgres set up a join and an
+    /// aggregate for every row. Without (or for a partitioned child
+    /// table), the statements count the children themselves.
+    index: Option<ByIndex>,
+    changed: OwnedPreparedStatement,
+    always: OwnedPreparedStatement,
 }
 
 /// A btree index whose first key is a column compared with a value (the
@@ -1476,25 +1462,22 @@ fn tg_child_flag<'a>(
                         }
                         Lock::Index { parent, index } => lock_parent(*parent, index, p),
                     }
-                    let always = crate::direct::xact_snapshot();
-                    let done = match &cfg.recount {
-                        Recount::Sql { changed, always: a } => client.update(
-                            if always { a } else { changed },
-                            None,
-                            std::slice::from_ref(&arg),
-                        ),
-                        Recount::Index {
-                            index,
-                            changed,
-                            always: a,
-                        } => {
+                    let r = &cfg.recount;
+                    let update = if crate::direct::xact_snapshot() {
+                        &r.always
+                    } else {
+                        &r.changed
+                    };
+                    let done = match &r.index {
+                        None => client.update(update, None, std::slice::from_ref(&arg)),
+                        Some(index) => {
                             let n = count_children(&f, &cfg, index, p);
                             let n = if cfg.counts {
                                 DatumWithOid::from(n)
                             } else {
                                 DatumWithOid::from(n > 0)
                             };
-                            client.update(if always { a } else { changed }, None, &[arg, n])
+                            client.update(update, None, &[arg, n])
                         }
                     };
                     done.unwrap_or_else(|e| {
@@ -1925,24 +1908,26 @@ fn child_config(f: &Fired<'_>, example: &str) -> ChildConfig {
         Some(index) => Lock::Index { parent, index },
         None => Lock::Sql(prepare(&lock, &by_key)),
     };
-    let recount = match fk_index(f, &fk) {
-        Some(index) => {
+    let index = fk_index(f, &fk);
+    let (changed, always) = match &index {
+        Some(_) => {
             let n = if count.is_some() {
                 pg_sys::INT8OID
             } else {
                 pg_sys::BOOLOID
             };
             let types = [pgrx::PgOid::from(fk.typid), pgrx::PgOid::from(n)];
-            Recount::Index {
-                index,
-                changed: prepare(&set(true), &types),
-                always: prepare(&set(false), &types),
-            }
+            (prepare(&set(true), &types), prepare(&set(false), &types))
         }
-        None => Recount::Sql {
-            changed: prepare(&recompute(true), &by_key),
-            always: prepare(&recompute(false), &by_key),
-        },
+        None => (
+            prepare(&recompute(true), &by_key),
+            prepare(&recompute(false), &by_key),
+        ),
+    };
+    let recount = Recount {
+        index,
+        changed,
+        always,
     };
     ChildConfig {
         lock,
@@ -2063,7 +2048,7 @@ unsafe fn scan_equal(
     rel: pg_sys::Relation,
     ix: &ByIndex,
     value: pg_sys::Datum,
-    mut each: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
+    each: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
 ) {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     let irel = pg_sys::index_open(ix.oid, lock);
@@ -2078,16 +2063,13 @@ unsafe fn scan_equal(
         ix.eq_proc,
         value,
     );
-    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-    let scan = pg_sys::index_beginscan(rel, irel, pg_sys::GetActiveSnapshot(), 1, 0);
-    pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
-    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-        if !each(slot) {
-            break;
-        }
-    }
-    pg_sys::index_endscan(scan);
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    crate::direct::index_scan(
+        rel,
+        irel,
+        std::slice::from_mut(&mut key),
+        pg_sys::GetActiveSnapshot(),
+        each,
+    );
     pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
 }
 

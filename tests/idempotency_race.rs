@@ -247,13 +247,14 @@ fn a_key_left_processing_is_written_at_commit_as_whoever_began_it() {
     // The app may not write the keys table itself; its definer may.
     let mut app = cluster.connect();
     app.batch_execute("SET ROLE app").unwrap();
-    let mut tx = app.transaction().unwrap();
-    let r: Value = tx
-        .query_one("SELECT api.begin_charge('definer')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(r["outcome"], "started", "{r}");
-    tx.commit().unwrap();
+    // `sql` begins a new key in a transaction that then commits.
+    let started = |c: &mut postgres::Client, sql: &str| {
+        let mut tx = c.transaction().unwrap();
+        let r: Value = tx.query_one(sql, &[]).unwrap().get(0);
+        assert_eq!(r["outcome"], "started", "{r}");
+        tx.commit().unwrap();
+    };
+    started(&mut app, "SELECT api.begin_charge('definer')");
     // A session scoped to tenant a begins a key of tenant b through a
     // function that sets the scope for its call.
     let mut t = cluster.connect();
@@ -261,13 +262,7 @@ fn a_key_left_processing_is_written_at_commit_as_whoever_began_it() {
         "SET ROLE tenant_app; SET integrity.org_id = '0000000a-0000-0000-0000-000000000000'",
     )
     .unwrap();
-    let mut tx = t.transaction().unwrap();
-    let r: Value = tx
-        .query_one("SELECT api.begin_for_b('tenant')", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(r["outcome"], "started", "{r}");
-    tx.commit().unwrap();
+    started(&mut t, "SELECT api.begin_for_b('tenant')");
     let rows: Vec<(String, String, i64)> = c
         .query(
             "SELECT key, status, (EXTRACT(epoch FROM expires_at - created_at))::int8
