@@ -6,10 +6,12 @@
 //! Each variant has its own schema with the same tables: `none`; `ours`
 //! (integrity's triggers, `tg_child_flag` per row); `ours_set` (the same,
 //! with `tg_child_flag` per statement through `attach_child_flag`);
-//! `plpgsql`; and `floor`, whose `calls` has three no-op BEFORE ROW
-//! triggers written in C (contrib `lo`'s `lo_manage`, which does nothing on
+//! `plpgsql`; `floor`, whose `calls` has three no-op BEFORE ROW triggers
+//! written in C (contrib `lo`'s `lo_manage`, which does nothing on
 //! INSERT): the least any three BEFORE ROW triggers cost, since with one
-//! COPY stores rows one at a time instead of in batches. Loads, each timed
+//! COPY stores rows one at a time instead of in batches; and `floor1`, the
+//! same with one no-op trigger, which shows how much of that floor is the
+//! switch to one row at a time and how much the calls. Loads, each timed
 //! per variant:
 //!   * COPY of BENCH_ROWS calls (default 200,000), then of BENCH_ROWS
 //!     appointments for random calls;
@@ -36,7 +38,10 @@ use common::Cluster;
 use std::io::Write;
 use std::time::Instant;
 
-const VARIANTS: [&str; 5] = ["none", "ours", "ours_set", "plpgsql", "floor"];
+const VARIANTS: [&str; 6] = ["none", "ours", "ours_set", "plpgsql", "floor", "floor1"];
+/// The variants with triggers on `calls` only.
+const FLOORS: [&str; 2] = ["floor", "floor1"];
+const DROP_ALL: &str = "DROP SCHEMA none, ours, ours_set, plpgsql, floor, floor1 CASCADE";
 
 fn schema(c: &mut postgres::Client, s: &str) {
     c.batch_execute(&format!(
@@ -85,7 +90,8 @@ fn schemas(c: &mut postgres::Client) {
         "CREATE EXTENSION IF NOT EXISTS lo;
          CREATE TRIGGER calls_a BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');
          CREATE TRIGGER calls_b BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');
-         CREATE TRIGGER calls_c BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');",
+         CREATE TRIGGER calls_c BEFORE INSERT ON floor.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');
+         CREATE TRIGGER calls_a BEFORE INSERT ON floor1.calls FOR EACH ROW EXECUTE FUNCTION lo_manage('id');",
     )
     .unwrap();
 }
@@ -185,21 +191,23 @@ fn main() {
     let pg: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
     println!("trigger benchmark: PostgreSQL {pg}, {rows} rows per load, single-row INSERTs from {clients} clients, medians of {rounds} rounds");
     println!(
-        "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>7} {:>7} {:>7}  {:>12} {:>11} {:>10}",
+        "{:<26} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>7} {:>7} {:>7} {:>8}  {:>12} {:>11} {:>10}",
         "load (rows/s)",
         "none",
         "ours",
         "ours_set",
         "plpgsql",
         "floor",
+        "floor1",
         "ours ×",
         "set ×",
         "floor ×",
+        "floor1 ×",
         "plpgsql/ours",
         "plpgsql/set",
         "ours/floor"
     );
-    let report = |load: &str, r: [f64; 5]| {
+    let report = |load: &str, r: [f64; 6]| {
         let floor = |v: f64, digits: usize| {
             if v.is_nan() {
                 "-".to_string()
@@ -208,21 +216,23 @@ fn main() {
             }
         };
         println!(
-            "{load:<26} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8}  {:>7.2} {:>7.2} {:>7}  {:>12.2} {:>11.2} {:>10}",
+            "{load:<26} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8} {:>8}  {:>7.2} {:>7.2} {:>7} {:>8}  {:>12.2} {:>11.2} {:>10}",
             r[0],
             r[1],
             r[2],
             r[3],
             floor(r[4], 0),
+            floor(r[5], 0),
             r[0] / r[1],
             r[0] / r[2],
             floor(r[0] / r[4], 2),
+            floor(r[0] / r[5], 2),
             r[1] / r[3],
             r[2] / r[3],
             floor(r[4] / r[1], 2),
         );
     };
-    // The floor only has triggers on calls: its appointments loads would
+    // The floors only have triggers on calls: their appointments loads would
     // repeat `none`. Each round times every variant, in an order rotated
     // from round to round, so a machine that slows down midway does not
     // favour one; each cell is the median of its rounds.
@@ -235,8 +245,7 @@ fn main() {
     let mut runs = vec![vec![Vec::new(); VARIANTS.len()]; LOADS.len()];
     for round in 0..rounds {
         if round > 0 {
-            c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
-                .unwrap();
+            c.batch_execute(DROP_ALL).unwrap();
             schemas(&mut c);
         }
         for (l, load) in LOADS.iter().enumerate() {
@@ -244,14 +253,13 @@ fn main() {
                 // Fresh tables for the INSERT loads (as for the COPY loads):
                 // after a TRUNCATE, PL/pgSQL's cached plans would scan the
                 // grown table.
-                c.batch_execute("DROP SCHEMA none, ours, ours_set, plpgsql, floor CASCADE")
-                    .unwrap();
+                c.batch_execute(DROP_ALL).unwrap();
                 schemas(&mut c);
             }
             for j in 0..VARIANTS.len() {
                 let v = (j + round) % VARIANTS.len();
                 let s = VARIANTS[v];
-                let r = if s == "floor" && load.contains("appointments") {
+                let r = if FLOORS.contains(&s) && load.contains("appointments") {
                     f64::NAN
                 } else {
                     match l {
@@ -266,10 +274,10 @@ fn main() {
             }
         }
     }
-    let medians: Vec<[f64; 5]> = runs
+    let medians: Vec<[f64; 6]> = runs
         .into_iter()
         .map(|cells| {
-            let mut r = [f64::NAN; 5];
+            let mut r = [f64::NAN; 6];
             for (v, cell) in cells.into_iter().enumerate() {
                 if cell.iter().all(|x| !x.is_nan()) {
                     r[v] = shared::median(cell);
@@ -301,9 +309,10 @@ fn main() {
     }
     println!("check: in ours, ours_set and plpgsql every call's direction, link status and appointment count are right");
     println!(
-        "summary: BEFORE triggers on COPY calls cost {:.2}x the no-trigger time (target <= 1.25; three no-op C triggers cost {:.2}x), plpgsql/ours {:.2} (target > 1); tg_child_flag on COPY: plpgsql/ours {:.2} per row, {:.2} per statement (target > 1)",
+        "summary: BEFORE triggers on COPY calls cost {:.2}x the no-trigger time (target <= 1.25; three no-op C triggers cost {:.2}x, one {:.2}x), plpgsql/ours {:.2} (target > 1); tg_child_flag on COPY: plpgsql/ours {:.2} per row, {:.2} per statement (target > 1)",
         copy_calls[0] / copy_calls[1],
         copy_calls[0] / copy_calls[4],
+        copy_calls[0] / copy_calls[5],
         copy_calls[1] / copy_calls[3],
         copy_appts[1] / copy_appts[3],
         copy_appts[2] / copy_appts[3]
