@@ -23,9 +23,6 @@
 //! request as one simple-protocol query string, which the server parses
 //! and plans every time (for all approaches alike).
 //!
-//! Each run starts after a CHECKPOINT; the approaches run in an order
-//! rotated from round to round, and the medians of the rounds are printed.
-//!
 //! env: BENCH_SECONDS (default 4), BENCH_ROUNDS (3), BENCH_CLIENTS ("1,16"),
 //! BENCH_PROTOCOL (prepared | simple), BENCH_SETTINGS (postgresql.conf).
 
@@ -197,9 +194,6 @@ fn main() {
         for round in 0..rounds {
             for j in 0..k {
                 let i = (j + round) % k;
-                // Each run starts from a fresh checkpoint, so the pages the
-                // run before it dirtied are not written during this one.
-                admin.batch_execute("CHECKPOINT").unwrap();
                 runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, simple));
             }
         }
