@@ -42,7 +42,6 @@ use std::time::Instant;
 const VARIANTS: [&str; 6] = ["none", "ours", "ours_set", "plpgsql", "floor", "floor1"];
 /// The variants with triggers on `calls` only.
 const FLOORS: [&str; 2] = ["floor", "floor1"];
-const DROP_ALL: &str = "DROP SCHEMA none, ours, ours_set, plpgsql, floor, floor1 CASCADE";
 
 fn schema(c: &mut postgres::Client, s: &str) {
     c.batch_execute(&format!(
@@ -79,8 +78,13 @@ fn ours(c: &mut postgres::Client) {
     .unwrap();
 }
 
-/// All four schemas, fresh, with their triggers.
-fn schemas(c: &mut postgres::Client) {
+/// Every variant's schema, fresh, with its triggers (dropping them first
+/// when `again`).
+fn schemas(c: &mut postgres::Client, again: bool) {
+    if again {
+        c.batch_execute(&format!("DROP SCHEMA {} CASCADE", VARIANTS.join(", ")))
+            .unwrap();
+    }
     for s in VARIANTS {
         schema(c, s);
     }
@@ -188,7 +192,7 @@ fn main() {
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);
     let mut c = cluster.connect();
-    schemas(&mut c);
+    schemas(&mut c, false);
     let pg: String = c.query_one("SHOW server_version", &[]).unwrap().get(0);
     println!("trigger benchmark: PostgreSQL {pg}, {rows} rows per load, single-row INSERTs from {clients} clients, medians of {rounds} rounds");
     println!(
@@ -246,16 +250,14 @@ fn main() {
     let mut runs = vec![vec![Vec::new(); VARIANTS.len()]; LOADS.len()];
     for round in 0..rounds {
         if round > 0 {
-            c.batch_execute(DROP_ALL).unwrap();
-            schemas(&mut c);
+            schemas(&mut c, true);
         }
         for (l, load) in LOADS.iter().enumerate() {
             if l == 2 {
                 // Fresh tables for the INSERT loads (as for the COPY loads):
                 // after a TRUNCATE, PL/pgSQL's cached plans would scan the
                 // grown table.
-                c.batch_execute(DROP_ALL).unwrap();
-                schemas(&mut c);
+                schemas(&mut c, true);
             }
             for j in 0..VARIANTS.len() {
                 let v = (j + round) % VARIANTS.len();
