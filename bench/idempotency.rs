@@ -197,6 +197,15 @@ fn main() {
                 runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, simple));
             }
         }
+        // Each round's own ratios (its runs are minutes apart at most), to
+        // show how far the machine moved between rounds.
+        let per_round = |i: usize| -> String {
+            let r: Vec<String> = (0..rounds)
+                .map(|j| format!("{:.2}", runs[i][j] / runs[0][j]))
+                .collect();
+            r.join(", ")
+        };
+        let (wrapped_rounds, floor_rounds) = (per_round(1), per_round(4));
         let m: Vec<f64> = runs.into_iter().map(shared::median).collect();
         for (kind, v) in KINDS.iter().zip(&m) {
             println!("{:>3}  {:<24} {:>9.0}", n, kind.label(), v);
@@ -209,6 +218,7 @@ fn main() {
             m[3] / m[0],
             m[4] / m[0]
         );
+        println!("{n:>3}  per round: wrapped/bare = {wrapped_rounds}   SQL key row/bare = {floor_rounds}");
     }
     // pgbench does not look at answers: check afterwards that every wrapped
     // request began a new key and completed it, and that replays wrote nothing.
