@@ -197,7 +197,7 @@ fn main() {
                 runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, simple));
             }
         }
-        // Each round's own ratios (its runs are minutes apart at most), to
+        // Each round's own ratios (a round's runs are seconds apart), to
         // show how far the machine moved between rounds.
         let per_round = |i: usize| -> String {
             let r: Vec<String> = (0..rounds)
