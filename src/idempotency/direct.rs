@@ -57,7 +57,7 @@ static KEYS: Spec = Spec {
         Ty::Base(pg_sys::TIMESTAMPTZOID), // completed_at
         Ty::Base(pg_sys::TIMESTAMPTZOID), // expires_at
     ],
-    keys: &[&["org_id", "scope", "key"]],
+    keys: &[&["key", "scope", "org_id"]],
     // The status domain's check holds for the statuses written here.
     checks: &[],
     policy: "idempotency_keys_org_scope",
@@ -78,7 +78,8 @@ const ATTEMPTS: usize = 11;
 const CREATED_AT: usize = 12;
 const COMPLETED_AT: usize = 13;
 const EXPIRES_AT: usize = 14;
-/// `KEYS.indexes`: the primary key (org_id, scope, key).
+/// `KEYS.indexes`: the primary key, its columns in the order (key, scope,
+/// org_id).
 const PKEY: usize = 0;
 
 /// What a look at a key found.
@@ -101,9 +102,9 @@ fn text(s: &str) -> pg_sys::Datum {
     datum(s.into_datum())
 }
 
-/// The primary key's values, as datums.
+/// The primary key's values, as datums in its columns' order.
 fn key_datums(k: &Key<'_>) -> [pg_sys::Datum; 3] {
-    [datum(k.org_id.into_datum()), text(k.scope), text(k.key)]
+    [text(k.key), text(k.scope), datum(k.org_id.into_datum())]
 }
 
 /// The value of a column of the row in `slot`, all of whose attributes
@@ -215,7 +216,7 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
             nulls[rel.col(i)] = false;
         }
     };
-    let [o, s, kk] = key_datums(k);
+    let [kk, s, o] = key_datums(k);
     set(ORG_ID, Some(o));
     set(SCOPE, Some(s));
     set(KEY, Some(kk));
