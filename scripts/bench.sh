@@ -3,6 +3,7 @@
 # baseline measured in the same run:
 #   bash scripts/bench.sh               booking (bench/run.rs; env: see there)
 #   bash scripts/bench.sh idempotency   idempotency keys (bench/idempotency.rs)
+#   bash scripts/bench.sh instructions  the same approaches' instructions per request, by valgrind (bench/instructions.sh)
 #   bash scripts/bench.sh triggers      trigger functions (bench/triggers.rs)
 #   bash scripts/bench.sh checks        consistency checks (bench/checks.rs)
 #   bash scripts/bench.sh deliveries    delivery log vs a plain-SQL queue and pgmq (bench/deliveries.rs)
@@ -16,6 +17,7 @@ cargo build --quiet --release --features client --example bench --example bench_
 case "${1:-booking}" in
   booking) shift || true; exec ./target/release/examples/bench "$@" ;;
   idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
+  instructions) shift; exec bash bench/instructions.sh "$@" ;;
   triggers) shift; exec ./target/release/examples/bench_triggers "$@" ;;
   checks) shift; exec ./target/release/examples/bench_checks "$@" ;;
   breaker) shift; exec ./target/release/examples/bench_breaker "$@" ;;

@@ -37,10 +37,12 @@ pub fn lock_key_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> i64 {
     h.finish() as i64
 }
 
-/// A uuid's text form, as `uuid::text` prints it (lowercase, hyphenated),
-/// without going through `fmt` (which costs more than the hashing it feeds).
+/// Lowercase hex digits, for the text forms below (`fmt` costs more than
+/// the hashing they feed).
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A uuid's text form, as `uuid::text` prints it (lowercase, hyphenated).
 pub fn uuid_text(bytes: &[u8; 16]) -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 36];
     let mut at = 0;
     for (i, b) in bytes.iter().enumerate() {
@@ -60,12 +62,13 @@ pub fn fingerprint_of(bytes: &[u8]) -> String {
     h.write(bytes);
     let out = h.finish128();
     // The 16 output bytes in the reference order: h1 then h2, each
-    // little-endian; read big-endian, they print as one hex number each.
-    format!(
-        "{:016x}{:016x}",
-        u64::from_be_bytes(out.h1.to_le_bytes()),
-        u64::from_be_bytes(out.h2.to_le_bytes())
-    )
+    // little-endian, printed byte by byte.
+    let mut hex = String::with_capacity(32);
+    for b in out.h1.to_le_bytes().into_iter().chain(out.h2.to_le_bytes()) {
+        hex.push(HEX[(b >> 4) as usize] as char);
+        hex.push(HEX[(b & 0x0f) as usize] as char);
+    }
+    hex
 }
 
 /// Stable advisory-lock key for the given parts.

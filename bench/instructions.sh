@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Instructions per request of the idempotency benchmark's approaches
+# (bench/idempotency.rs), counted by valgrind: a measure of the CPU work
+# in the backend that does not move with the machine's load, so a change
+# of a few percent shows, where the pgbench run's rounds differ by tens.
+#
+# Each approach runs in a single-user backend (postgres --single) under
+# `valgrind --tool=cachegrind --cache-sim=no`, from a copy of one template
+# cluster whose tables are preloaded with BENCH_PRELOAD keys (so indexes
+# have the depth of a table in use). It runs BENCH_BASE requests, then
+# again BASE + BENCH_REQUESTS; the difference divided by BENCH_REQUESTS is
+# the instructions one request costs, without the backend's start and end.
+# Statements are prepared once and run with EXECUTE, each request its own
+# transaction (BEGIN … COMMIT around the five statements of (2), (4), (5)).
+#
+# Counted: user-space instructions of the backend (Postgres, libc, our
+# library). Not counted: the kernel (the commit's flush, the socket, which
+# single-user mode does not have), and time: a cache miss costs more than
+# an instruction. Each EXECUTE is parsed as a statement of its own, so each
+# statement costs more than a bound prepared statement over the wire; (2),
+# (4) and (5) have the same five statements.
+#
+#   bash scripts/bench.sh instructions
+# env: BENCH_PRELOAD (100000), BENCH_BASE (500), BENCH_REQUESTS (2000)
+set -euo pipefail
+preload=${BENCH_PRELOAD:-100000}
+base=${BENCH_BASE:-500}
+requests=${BENCH_REQUESTS:-2000}
+: "${PG_CONFIG:?source scripts/env.sh first}"
+bindir=$("$PG_CONFIG" --bindir)
+command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+
+dir=$(mktemp -d /tmp/integrity-instructions.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+chown postgres "$dir"
+
+# A single-user backend on cluster $1, database $2, commands on stdin;
+# with $3 = count, under valgrind, printing the instructions it ran.
+single() {
+  local data=$1 db=$2 count=${3:-}
+  if [[ -z $count ]]; then
+    su postgres -c "$bindir/postgres --single -D $data -c fsync=off $db" >"$dir/out" 2>&1
+    if grep -m1 -E '^(ERROR|FATAL)|ERROR: ' "$dir/out"; then exit 1; fi
+  else
+    su postgres -c "valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
+      $bindir/postgres --single -D $data -c fsync=off $db" >"$dir/out" 2>&1
+    if grep -m1 -E 'ERROR: ' "$dir/out"; then exit 1; fi
+    sed -n 's/.*I *refs: *\([0-9,]*\).*/\1/p' "$dir/out" | tr -d ,
+  fi
+}
+
+org=0000000a-0000-0000-0000-000000000000
+fp=6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b
+
+su postgres -c "$bindir/initdb -D $dir/template -A trust -U postgres -E UTF8 --locale=C --no-sync" >/dev/null
+echo "CREATE DATABASE v" | single "$dir/template" postgres
+# The tables of bench/idempotency.rs, preloaded (the keys as idem_complete
+# leaves them, written directly: one transaction's idem_begin calls would
+# hold as many key locks); the replayed keys r-0 … r-999.
+# Each command on one line: single-user mode ends a command at a newline.
+single "$dir/template" v <<EOF
+CREATE EXTENSION integrity CASCADE
+CREATE TABLE bench_orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL)
+CREATE TABLE bench_keys (org_id uuid, scope text COLLATE "C", key text COLLATE "C", fingerprint text NOT NULL, status text NOT NULL, response_code int, response jsonb, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL, PRIMARY KEY (key, scope, org_id)) WITH (fillfactor = 85)
+INSERT INTO integrity.idempotency_keys (org_id, scope, key, fingerprint, status, response_code, response, lease, created_at, completed_at, expires_at) SELECT '$org', 'POST /orders', 'p-' || g, integrity.fingerprint('{"amount": 100}'), 'completed', 201, '{"order": "created"}', '5 minutes', now(), now(), now() + '24 hours' FROM generate_series(1, $preload) g
+SELECT count(integrity.idem_begin('$org', 'POST /orders', 'r-' || g, '{"amount": 100}')) + count(integrity.idem_complete('$org', 'POST /orders', 'r-' || g, 201, '{"order": "created"}')) FROM generate_series(0, 999) g
+INSERT INTO bench_keys SELECT '$org', 'POST /orders', 'p-' || g, '$fp', 'completed', 201, '{"order": "created"}', now(), now() + '24 hours' FROM generate_series(1, $preload) g
+INSERT INTO bench_orders (key, amount) SELECT 'p-' || g, 100 FROM generate_series(1, $preload) g
+VACUUM ANALYZE
+CHECKPOINT
+EOF
+
+# The requests of approach $1, $2 of them: prepared statements, then the
+# requests with keys from a fixed pseudo-random sequence.
+script() {
+  awk -v kind="$1" -v n="$2" -v org="$org" -v fp="$fp" 'BEGIN {
+    srand(42); q = "\x27"
+    print "PREPARE ins(text) AS INSERT INTO bench_orders (key, amount) VALUES ($1, 100)"
+    print "PREPARE one AS SELECT 1"
+    print "PREPARE idem_begin(text) AS SELECT integrity.idem_begin(" q org q ", " q "POST /orders" q ", $1, " q "{\"amount\": 100}" q ")"
+    print "PREPARE idem_complete(text) AS SELECT integrity.idem_complete(" q org q ", " q "POST /orders" q ", $1, 201, " q "{\"order\": \"created\"}" q ")"
+    print "PREPARE probe(text) AS SELECT 1 FROM bench_keys WHERE org_id = " q org q " AND scope = " q "POST /orders" q " AND key = $1"
+    print "PREPARE keyrow(text) AS INSERT INTO bench_keys (org_id, scope, key, fingerprint, status, response_code, response, created_at, expires_at) VALUES (" q org q ", " q "POST /orders" q ", $1, " q fp q ", " q "completed" q ", 201, " q "{\"order\": \"created\"}" q ", now(), now() + " q "24 hours" q ")"
+    for (i = 0; i < n; i++) {
+      k = q kind "-" int(rand() * 1000000000) "-" i q
+      if (kind == "bare") print "EXECUTE ins(" k ")"
+      else if (kind == "replay") print "EXECUTE idem_begin(" q "r-" int(rand() * 1000) q ")"
+      else {
+        print "BEGIN"
+        if (kind == "wrapped") { a = "EXECUTE idem_begin(" k ")"; b = "EXECUTE idem_complete(" k ")" }
+        else if (kind == "calls") { a = "EXECUTE one"; b = a }
+        else { a = "EXECUTE probe(" k ")"; b = "EXECUTE keyrow(" k ")" }
+        print a; print "EXECUTE ins(" k ")"; print b; print "COMMIT"
+      }
+    }
+  }'
+}
+
+# Instructions per request of approach $1.
+per_request() {
+  local counts=()
+  for n in "$base" $((base + requests)); do
+    rm -rf "$dir/run"
+    cp -a "$dir/template" "$dir/run"
+    counts+=("$(script "$1" "$n" | single "$dir/run" v "$n")")
+  done
+  echo $(((counts[1] - counts[0]) / requests))
+}
+
+pg=$("$bindir/postgres" --version)
+echo "idempotency instructions per request (valgrind, single-user backend): $pg, $preload keys preloaded, $requests requests counted"
+declare -A ir
+labels=(bare "(1) bare insert" wrapped "(2) insert + idem keys" replay "(3) replay" calls "(4) insert + 2 no-ops" floor "(5) insert + SQL key row")
+for ((i = 0; i < ${#labels[@]}; i += 2)); do
+  ir[${labels[i]}]=$(per_request "${labels[i]}")
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+printf '%-26s %14s %10s\n' approach instructions "bare/this"
+for ((i = 0; i < ${#labels[@]}; i += 2)); do
+  kind=${labels[i]}
+  printf '%-26s %14d %10s\n' "${labels[i + 1]}" "${ir[$kind]}" "$(ratio "${ir[bare]}" "${ir[$kind]}")"
+done
+echo "the key row beyond two no-op calls: ours (2)-(4) = $((ir[wrapped] - ir[calls])), plain SQL (5)-(4) = $((ir[floor] - ir[calls])); ours/plain SQL = $(ratio $((ir[wrapped] - ir[calls])) $((ir[floor] - ir[calls])))"
