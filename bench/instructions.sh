@@ -28,7 +28,10 @@ base=${BENCH_BASE:-500}
 requests=${BENCH_REQUESTS:-2000}
 : "${PG_CONFIG:?source scripts/env.sh first}"
 bindir=$("$PG_CONFIG" --bindir)
-command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null
+if ! command -v valgrind >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+fi
 
 dir=$(mktemp -d /tmp/integrity-instructions.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
