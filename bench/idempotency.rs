@@ -144,13 +144,7 @@ fn main() {
     let cluster = Cluster::start_with(&settings);
     let mut admin = cluster.connect();
     admin
-        .batch_execute(
-            "CREATE TABLE bench_orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL);
-             CREATE TABLE bench_keys (org_id uuid, scope text COLLATE \"C\", key text COLLATE \"C\",
-                 fingerprint text NOT NULL, status text NOT NULL, response_code int, response jsonb,
-                 created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL,
-                 PRIMARY KEY (key, scope, org_id)) WITH (fillfactor = 85)",
-        )
+        .batch_execute(include_str!("idempotency_tables.sql"))
         .unwrap();
     // Completed keys for (3) to replay.
     admin

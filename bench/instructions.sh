@@ -38,16 +38,16 @@ trap 'rm -rf "$dir"' EXIT
 chown postgres "$dir"
 
 # A single-user backend on cluster $1, database $2, commands on stdin;
-# with $3 = count, under valgrind, printing the instructions it ran.
+# with $3 = counted, under valgrind, printing the instructions it ran. An
+# ERROR or FATAL it printed goes to stderr and stops the bench.
 single() {
-  local data=$1 db=$2 count=${3:-}
-  if [[ -z $count ]]; then
-    su postgres -c "$bindir/postgres --single -D $data -c fsync=off $db" >"$dir/out" 2>&1
-    if grep -m1 -E '^(ERROR|FATAL)|ERROR: ' "$dir/out"; then exit 1; fi
-  else
-    su postgres -c "valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
-      $bindir/postgres --single -D $data -c fsync=off $db" >"$dir/out" 2>&1
-    if grep -m1 -E 'ERROR: ' "$dir/out"; then exit 1; fi
+  local data=$1 db=$2 valgrind=
+  if [[ ${3:-} == counted ]]; then
+    valgrind="valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null"
+  fi
+  su postgres -c "$valgrind $bindir/postgres --single -D $data -c fsync=off $db" >"$dir/out" 2>&1
+  if grep -m1 -E '(ERROR|FATAL): ' "$dir/out" >&2; then exit 1; fi
+  if [[ -n $valgrind ]]; then
     sed -n 's/.*I *refs: *\([0-9,]*\).*/\1/p' "$dir/out" | tr -d ,
   fi
 }
@@ -57,14 +57,11 @@ fp=6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b
 
 su postgres -c "$bindir/initdb -D $dir/template -A trust -U postgres -E UTF8 --locale=C --no-sync" >/dev/null
 echo "CREATE DATABASE v" | single "$dir/template" postgres
-# The tables of bench/idempotency.rs, preloaded (the keys as idem_complete
+# The tables of bench/idempotency.rs (bench/idempotency_tables.sql), preloaded (the keys as idem_complete
 # leaves them, written directly: one transaction's idem_begin calls would
 # hold as many key locks); the replayed keys r-0 … r-999.
 # Each command on one line: single-user mode ends a command at a newline.
-single "$dir/template" v <<EOF
-CREATE EXTENSION integrity CASCADE
-CREATE TABLE bench_orders (id bigserial PRIMARY KEY, key text NOT NULL, amount int NOT NULL)
-CREATE TABLE bench_keys (org_id uuid, scope text COLLATE "C", key text COLLATE "C", fingerprint text NOT NULL, status text NOT NULL, response_code int, response jsonb, created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL, PRIMARY KEY (key, scope, org_id)) WITH (fillfactor = 85)
+{ echo "CREATE EXTENSION integrity CASCADE"; grep -v '^--' "$(dirname "$0")/idempotency_tables.sql"; cat <<EOF
 INSERT INTO integrity.idempotency_keys (org_id, scope, key, fingerprint, status, response_code, response, lease, created_at, completed_at, expires_at) SELECT '$org', 'POST /orders', 'p-' || g, integrity.fingerprint('{"amount": 100}'), 'completed', 201, '{"order": "created"}', '5 minutes', now(), now(), now() + '24 hours' FROM generate_series(1, $preload) g
 SELECT count(integrity.idem_begin('$org', 'POST /orders', 'r-' || g, '{"amount": 100}')) + count(integrity.idem_complete('$org', 'POST /orders', 'r-' || g, 201, '{"order": "created"}')) FROM generate_series(0, 999) g
 INSERT INTO bench_keys SELECT '$org', 'POST /orders', 'p-' || g, '$fp', 'completed', 201, '{"order": "created"}', now(), now() + '24 hours' FROM generate_series(1, $preload) g
@@ -72,6 +69,7 @@ INSERT INTO bench_orders (key, amount) SELECT 'p-' || g, 100 FROM generate_serie
 VACUUM ANALYZE
 CHECKPOINT
 EOF
+} | single "$dir/template" v
 
 # The requests of approach $1, $2 of them: prepared statements, then the
 # requests with keys from a fixed pseudo-random sequence.
@@ -105,7 +103,7 @@ per_request() {
   for n in "$base" $((base + requests)); do
     rm -rf "$dir/run"
     cp -a "$dir/template" "$dir/run"
-    counts+=("$(script "$1" "$n" | single "$dir/run" v "$n")")
+    counts+=("$(script "$1" "$n" | single "$dir/run" v counted)")
   done
   echo $(((counts[1] - counts[0]) / requests))
 }
