@@ -30,10 +30,13 @@ CREATE TABLE integrity.idempotency_keys (
 -- key first: keys are nearly all distinct, so nearly every comparison in
 -- a probe or an insert is settled by the first column, where with org_id
 -- first (one value for most of an org's keys) each one compared all
--- three. That took 7.5 % of the instructions out of a probe-and-insert.
--- fillfactor 85: a key is inserted by idem_begin and updated once by
--- idem_complete, usually in the same transaction; room left on the page
--- lets that update be a HOT update (no new index entries).
+-- three. A wrapped request ran 6.4 % fewer instructions for it
+-- (bash scripts/bench.sh instructions).
+-- fillfactor 85: a key begun and settled in one transaction is written
+-- once, settled; one still open at commit is written as processing and
+-- updated later (idem_checkpoint, idem_complete, idem_fail, a resume);
+-- room left on the page lets those updates be HOT updates (no new index
+-- entries).
 -- Keys are opaque byte strings: COLLATE "C" compares them byte by byte,
 -- which is what equality means for them and far cheaper than a
 -- linguistic collation in every primary-key probe.
