@@ -24,7 +24,14 @@
 //! request as one simple-protocol query string, which the server parses
 //! and plans every time (for all approaches alike).
 //!
-//! env: BENCH_SECONDS (default 4), BENCH_ROUNDS (3), BENCH_CLIENTS ("1,16"),
+//! Each approach's run sits between two runs of the bare insert, and its
+//! ratio is taken against their mean: this machine's speed moves by tens
+//! of percent within seconds, so only runs seconds apart compare. The
+//! headline is the median of the rounds' ratios. Beside requests/s the
+//! bench prints the CPU the whole machine (client, server, kernel) spent
+//! per request, and the share of time the hypervisor stole.
+//!
+//! env: BENCH_SECONDS (default 2), BENCH_ROUNDS (5), BENCH_CLIENTS ("1,16"),
 //! BENCH_PROTOCOL (prepared | simple), BENCH_SETTINGS (postgresql.conf).
 
 #[path = "../tests/common/mod.rs"]
@@ -135,8 +142,8 @@ impl Kind {
 }
 
 fn main() {
-    let secs: f64 = shared::var("BENCH_SECONDS", 4.0);
-    let rounds: usize = shared::var("BENCH_ROUNDS", 3);
+    let secs: f64 = shared::var("BENCH_SECONDS", 2.0);
+    let rounds: usize = shared::var("BENCH_ROUNDS", 5);
     let clients = shared::clients("1,16");
     let simple = std::env::var("BENCH_PROTOCOL").as_deref() == Ok("simple");
     let settings_owned = shared::settings();
@@ -178,42 +185,68 @@ fn main() {
         "prepared statements, a request's statements pipelined"
     };
     println!(
-        "idempotency benchmark (pgbench client): PostgreSQL {pg}, synchronous_commit={sync}, {protocol}, {rounds} interleaved rounds of {secs} s per approach"
+        "idempotency benchmark (pgbench client): PostgreSQL {pg}, synchronous_commit={sync}, {protocol}, {rounds} rounds of {secs} s runs, each approach's run between two runs of the bare insert"
     );
-    println!("{:>3}  {:<24} {:>9}", "cl", "approach", "req/s");
     let k = KINDS.len();
     let mut worst_wrapped = f64::INFINITY;
     let mut worst_replay = f64::INFINITY;
     for &n in &clients {
-        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); k];
+        // A round runs bare, A, bare, B, bare, C, bare, D, bare (A..D the
+        // other approaches, their order turned by one each round), and
+        // each approach's ratio is its requests/s over the mean of the two
+        // bare runs beside it: on a machine whose speed moves by tens of
+        // percent within seconds, a ratio of runs seconds apart.
+        let mut runs: Vec<Vec<shared::Run>> = (0..k).map(|_| Vec::new()).collect();
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); k];
         for round in 0..rounds {
-            for j in 0..k {
-                let i = (j + round) % k;
-                runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, simple));
+            let run = |i: usize| shared::pgbench_run(&cluster, &scripts[i], n, secs, simple);
+            let mut before = run(0);
+            for j in 0..k - 1 {
+                let i = 1 + (j + round) % (k - 1);
+                let r = run(i);
+                let after = run(0);
+                ratios[i].push(r.tps / ((before.tps + after.tps) / 2.0));
+                runs[i].push(r);
+                runs[0].push(before);
+                before = after;
             }
+            runs[0].push(before);
         }
-        // Each round's own ratios (a round's runs are seconds apart), to
-        // show how far the machine moved between rounds.
-        let per_round = |i: usize| -> String {
-            let r: Vec<String> = (0..rounds)
-                .map(|j| format!("{:.2}", runs[i][j] / runs[0][j]))
-                .collect();
-            r.join(", ")
-        };
-        let (wrapped_rounds, floor_rounds) = (per_round(1), per_round(4));
-        let m: Vec<f64> = runs.into_iter().map(shared::median).collect();
-        for (kind, v) in KINDS.iter().zip(&m) {
-            println!("{:>3}  {:<24} {:>9.0}", n, kind.label(), v);
+        let steal: Vec<f64> = runs.iter().flatten().map(|r| r.steal_pct).collect();
+        let (steal_min, steal_max) = steal
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
+        println!(
+            "{:>3}  {:<24} {:>9} {:>11}  /bare: median, then each round",
+            "cl", "approach", "req/s", "CPU µs/req"
+        );
+        let mut m = vec![1.0; k];
+        for (i, kind) in KINDS.iter().enumerate() {
+            let tps = shared::median(runs[i].iter().map(|r| r.tps).collect());
+            let cpu = shared::median(runs[i].iter().map(|r| r.cpu_us).collect());
+            let rel = if i == 0 {
+                String::new()
+            } else {
+                m[i] = shared::median(ratios[i].clone());
+                let each: Vec<String> = ratios[i].iter().map(|r| format!("{r:.2}")).collect();
+                format!("{:.2}  ({})", m[i], each.join(", "))
+            };
+            println!(
+                "{:>3}  {:<24} {:>9.0} {:>11.0}  {}",
+                n,
+                kind.label(),
+                tps,
+                cpu,
+                rel
+            );
         }
-        let (w, r) = (m[1] / m[0], m[2] / m[0]);
+        let (w, r) = (m[1], m[2]);
         worst_wrapped = worst_wrapped.min(w);
         worst_replay = worst_replay.min(r);
         println!(
-            "{n:>3}  wrapped/bare = {w:.2}   replay/bare = {r:.2}   floors: no-ops/bare = {:.2}, SQL key row/bare = {:.2}",
-            m[3] / m[0],
-            m[4] / m[0]
+            "{n:>3}  wrapped/bare = {w:.2}   replay/bare = {r:.2}   floors: no-ops/bare = {:.2}, SQL key row/bare = {:.2}   steal {steal_min:.0}-{steal_max:.0} %",
+            m[3], m[4]
         );
-        println!("{n:>3}  per round: wrapped/bare = {wrapped_rounds}   SQL key row/bare = {floor_rounds}");
     }
     // pgbench does not look at answers: check afterwards that every wrapped
     // request began a new key and completed it, and that replays wrote nothing.

@@ -41,8 +41,46 @@ fn pgbench() -> std::path::PathBuf {
     dir.join("pgbench")
 }
 
+/// What one pgbench run measured: requests (transactions) per second, and
+/// the whole machine's CPU in that time (client, server and kernel alike).
+#[allow(dead_code)]
+pub struct Run {
+    pub tps: f64,
+    /// Busy CPU per request, in µs: user, nice, system, irq and softirq
+    /// time from `/proc/stat`, over the requests pgbench completed.
+    pub cpu_us: f64,
+    /// Share of the machine's time the hypervisor gave to others (steal), %.
+    pub steal_pct: f64,
+}
+
+/// The first line of `/proc/stat`: the machine's CPU time so far, in ticks
+/// (user, nice, system, idle, iowait, irq, softirq, steal); zeros where it
+/// cannot be read.
+fn cpu_ticks() -> [u64; 8] {
+    let mut t = [0u64; 8];
+    if let Ok(s) = std::fs::read_to_string("/proc/stat") {
+        if let Some(line) = s.lines().next() {
+            for (slot, v) in t.iter_mut().zip(line.split_whitespace().skip(1)) {
+                *slot = v.parse().unwrap_or(0);
+            }
+        }
+    }
+    t
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; Linux's usual 100 otherwise).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// Transactions per second pgbench measures for `script` at `clients`
 /// clients (prepared statements, or simple-protocol query strings).
+#[allow(dead_code)]
 pub fn pgbench_tps(
     cluster: &crate::common::Cluster,
     script: &std::path::Path,
@@ -50,6 +88,20 @@ pub fn pgbench_tps(
     secs: f64,
     simple: bool,
 ) -> f64 {
+    pgbench_run(cluster, script, clients, secs, simple).tps
+}
+
+/// One pgbench run of `script` at `clients` clients, with the CPU the
+/// machine spent on it.
+#[allow(dead_code)]
+pub fn pgbench_run(
+    cluster: &crate::common::Cluster,
+    script: &std::path::Path,
+    clients: usize,
+    secs: f64,
+    simple: bool,
+) -> Run {
+    let before = cpu_ticks();
     let out = std::process::Command::new(pgbench())
         .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
         .arg("-p")
@@ -73,10 +125,35 @@ pub fn pgbench_tps(
         "pgbench failed on {}:\n{stdout}\n{stderr}",
         script.display()
     );
-    stdout
+    let after = cpu_ticks();
+    let tps: f64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"))
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
+    let requests: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let d: Vec<f64> = (0..8)
+        .map(|i| after[i].saturating_sub(before[i]) as f64)
+        .collect();
+    let busy = d[0] + d[1] + d[2] + d[5] + d[6];
+    let total: f64 = d.iter().sum();
+    Run {
+        tps,
+        cpu_us: if requests > 0.0 {
+            busy / ticks_per_second() * 1e6 / requests
+        } else {
+            f64::NAN
+        },
+        steal_pct: if total > 0.0 {
+            100.0 * d[7] / total
+        } else {
+            0.0
+        },
+    }
 }
