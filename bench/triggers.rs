@@ -105,8 +105,8 @@ fn schemas(c: &mut postgres::Client, again: bool) {
 /// was booked.
 fn call_row(i: u64) -> (Option<i32>, Option<&'static str>) {
     (
-        (i % 2 == 0).then_some(i as i32),
-        (i % 3 == 0).then_some("appointment_booked"),
+        i.is_multiple_of(2).then_some(i as i32),
+        i.is_multiple_of(3).then_some("appointment_booked"),
     )
 }
 
