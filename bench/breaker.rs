@@ -54,7 +54,7 @@ fn main() {
         for round in 0..rounds {
             for j in 0..APPROACHES.len() {
                 let i = (j + round) % APPROACHES.len();
-                runs[i].push(shared::pgbench_tps(&cluster, &scripts[i], n, secs, false));
+                runs[i].push(shared::pgbench_run(&cluster, &scripts[i], n, secs, false).tps);
             }
         }
         let m: Vec<f64> = runs.into_iter().map(shared::median).collect();

@@ -68,31 +68,32 @@ fn cpu_ticks() -> [u64; 8] {
     t
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`; Linux's usual 100 otherwise).
+/// Clock ticks per second (`getconf CLK_TCK`, asked once; Linux's usual
+/// 100 otherwise).
 fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
-/// Transactions per second pgbench measures for `script` at `clients`
-/// clients (prepared statements, or simple-protocol query strings).
-#[allow(dead_code)]
-pub fn pgbench_tps(
-    cluster: &crate::common::Cluster,
-    script: &std::path::Path,
-    clients: usize,
-    secs: f64,
-    simple: bool,
-) -> f64 {
-    pgbench_run(cluster, script, clients, secs, simple).tps
+/// The number pgbench printed after `prefix` at the start of a line.
+fn pgbench_figure(stdout: &str, prefix: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
-/// One pgbench run of `script` at `clients` clients, with the CPU the
-/// machine spent on it.
+/// One pgbench run of `script` at `clients` clients (prepared statements,
+/// or simple-protocol query strings): its transactions per second, and
+/// the CPU the machine spent on it.
 #[allow(dead_code)]
 pub fn pgbench_run(
     cluster: &crate::common::Cluster,
@@ -126,18 +127,10 @@ pub fn pgbench_run(
         script.display()
     );
     let after = cpu_ticks();
-    let tps: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let tps = pgbench_figure(&stdout, "tps = ")
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
-    let requests: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let requests =
+        pgbench_figure(&stdout, "number of transactions actually processed: ").unwrap_or(0.0);
     let d: Vec<f64> = (0..8)
         .map(|i| after[i].saturating_sub(before[i]) as f64)
         .collect();
