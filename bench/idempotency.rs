@@ -215,10 +215,12 @@ fn main() {
             }
             runs[0].push(before);
         }
-        let steal: Vec<f64> = runs.iter().flatten().map(|r| r.steal_pct).collect();
-        let (steal_min, steal_max) = steal
+        let (steal_min, steal_max) = runs
             .iter()
-            .fold((f64::INFINITY, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
+            .flatten()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), r| {
+                (a.min(r.steal_pct), b.max(r.steal_pct))
+            });
         println!(
             "{:>3}  {:<24} {:>9} {:>11}  /bare: median, then each round",
             "cl", "approach", "req/s", "CPU µs/req"
