@@ -314,6 +314,13 @@ impl Rel {
         }
     }
 
+    /// Whether row security on the table is integrity's policy alone, as
+    /// created (or row security is off).
+    #[cfg(any(test, feature = "pg_test"))]
+    pub fn policy_is_ours(&self) -> bool {
+        self.shape.our_policy
+    }
+
     /// Whether a direct write does all a statement would (see `Shape`).
     pub fn insertable(&self) -> bool {
         self.shape.insertable
@@ -494,28 +501,7 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         && (*rel).trigdesc.is_null()
         && !(*(*rel).rd_rel).relhasrules
         && only_listed_checks(spec, rel);
-    let our_policy = !(*(*rel).rd_rel).relrowsecurity
-        // Pinned: the callers of the direct paths (breaker_allow,
-        // idem_begin, idem_complete) do not pin search_path themselves.
-        || crate::plans::pinned(|| {
-            // Read-only SPI: it assigns no transaction id, so a replay on
-            // a hot standby works (pgrx's Spi::get_one would assign one).
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT pg_catalog.count(*) = 1 AND pg_catalog.bool_and(
-                             p.polname = $3 AND p.polcmd = '*' AND p.polpermissive
-                             AND p.polroles = '{0}' AND p.polwithcheck IS NULL
-                             AND pg_catalog.pg_get_expr(p.polqual, p.polrelid) = $2)
-                         FROM pg_catalog.pg_policy p WHERE p.polrelid = $1",
-                        Some(1),
-                        &[table.into(), OUR_POLICY.into(), spec.policy.into()],
-                    )
-                    .ok()
-                    .and_then(|t| t.first().get_one::<bool>().ok().flatten())
-            })
-            .unwrap_or(false)
-        });
+    let our_policy = !(*(*rel).rd_rel).relrowsecurity || only_our_policy(spec, rel);
     if !WATCHING.with(|w| w.replace(true)) {
         pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0));
     }
@@ -528,6 +514,57 @@ unsafe fn shape_of(spec: &Spec, rel: pg_sys::Relation) -> Shape {
         insertable,
         our_policy,
     }
+}
+
+/// Whether row security on `rel` is `spec`'s policy alone, as integrity
+/// creates it: one permissive policy of that name, for every command and
+/// every role (PUBLIC), with no WITH CHECK, whose USING expression prints
+/// as `OUR_POLICY`. Read from the policies the relcache entry holds (what
+/// the planner applies), deparsed as `pg_get_expr` deparses them: no query
+/// of `pg_policy`, which cost a new connection's first call about three
+/// million instructions of parsing and planning.
+///
+/// # Safety
+/// `rel` is open and has row security enabled.
+unsafe fn only_our_policy(spec: &Spec, rel: pg_sys::Relation) -> bool {
+    let desc = (*rel).rd_rsdesc;
+    if desc.is_null() || (*desc).policies.is_null() || (*(*desc).policies).length != 1 {
+        return false;
+    }
+    let p = (*(*(*desc).policies).elements)
+        .ptr_value
+        .cast::<pg_sys::RowSecurityPolicy>();
+    let roles = (*p).roles;
+    let as_created = CStr::from_ptr((*p).policy_name).to_bytes() == spec.policy.as_bytes()
+        && (*p).polcmd as u8 == b'*'
+        && (*p).permissive
+        && (*p).with_check_qual.is_null()
+        && !(*p).qual.is_null()
+        && !roles.is_null()
+        && (*roles).ndim == 1
+        && (*roles).dataoffset == 0
+        && (*roles).elemtype == pg_sys::OIDOID
+        && {
+            // One element, PUBLIC (InvalidOid): the dimensions follow the
+            // header, the data the dimensions and lower bounds, aligned.
+            let dims = roles
+                .cast::<u8>()
+                .add(std::mem::size_of::<pg_sys::ArrayType>());
+            let data = roles.cast::<u8>().add(
+                (std::mem::size_of::<pg_sys::ArrayType>() + 2 * std::mem::size_of::<i32>())
+                    .next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize),
+            );
+            *dims.cast::<i32>() == 1 && *data.cast::<Oid>() == Oid::INVALID
+        };
+    // Deparsed with search_path pinned, as the statement it replaces was:
+    // functions outside pg_catalog print schema-qualified.
+    as_created
+        && crate::plans::pinned(|| {
+            let context =
+                pg_sys::deparse_context_for((*(*rel).rd_rel).relname.data.as_ptr(), (*rel).rd_id);
+            let text = pg_sys::deparse_expression((*p).qual.cast(), context, false, false);
+            CStr::from_ptr(text).to_bytes() == OUR_POLICY.as_bytes()
+        })
 }
 
 /// Each of `spec.columns`' position in `rel`, if its columns are exactly

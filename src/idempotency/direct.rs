@@ -349,3 +349,48 @@ pub fn settle(k: &Key<'_>, how: &Settle<'_>) -> Option<Jsonb> {
     rel.close();
     Some(how.answer(attempts?))
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Whether the keys table, opened as the hot paths open it, is known,
+    /// insertable and guarded by our policy alone.
+    fn shape() -> (bool, bool, bool) {
+        let rel = super::open_table();
+        let seen = (rel.known(), rel.insertable(), rel.policy_is_ours());
+        rel.close();
+        seen
+    }
+
+    /// The table as integrity creates it takes the direct paths, and its
+    /// policy is recognised from the relcache (a change to the policy
+    /// sends the calls back to their statements, and back again).
+    #[pg_test]
+    fn the_keys_table_as_created_takes_the_direct_paths() {
+        assert_eq!(shape(), (true, true, true));
+        Spi::run(
+            "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys USING (true)",
+        )
+        .unwrap();
+        assert_eq!(shape(), (true, true, false));
+        Spi::run(
+            "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys
+             USING (integrity.current_org() IS NULL OR org_id = integrity.current_org())",
+        )
+        .unwrap();
+        assert_eq!(shape(), (true, true, true));
+        Spi::run(
+            "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys TO CURRENT_USER",
+        )
+        .unwrap();
+        assert_eq!(shape(), (true, true, false));
+        Spi::run("ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys TO PUBLIC")
+            .unwrap();
+        assert_eq!(shape(), (true, true, true));
+        Spi::run("CREATE POLICY second ON integrity.idempotency_keys AS RESTRICTIVE USING (true)")
+            .unwrap();
+        assert_eq!(shape(), (true, true, false));
+    }
+}
