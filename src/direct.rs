@@ -300,6 +300,13 @@ impl Rel {
         self.shape.indexes[i]
     }
 
+    /// How many attributes the table's rows have (dropped ones included):
+    /// the length of a row's values for `insert_row`.
+    pub fn natts(&self) -> usize {
+        // SAFETY: the open relation's descriptor.
+        unsafe { (*(*self.raw).rd_att).natts as usize }
+    }
+
     /// Whether the columns are exactly the ones integrity created.
     pub fn known(&self) -> bool {
         self.shape.col.is_some()
@@ -346,6 +353,104 @@ impl Rel {
             pg_sys::check_enable_rls(self.shape.table, Oid::INVALID, false)
                 != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
                 || (self.shape.our_policy && tenant_in_scope(org_id))
+        }
+    }
+
+    /// Insert a row (`values` and `nulls` in tuple-descriptor order) as
+    /// `Writer::insert` does, without an executor state: `heap_insert`,
+    /// then each index's insert with the unique check
+    /// `ExecInsertIndexTuples` makes, `arbiter`'s reporting a conflict as
+    /// data. `Some(false)`: a conflicting row exists (or is in flight) and
+    /// ours was deleted again. `None`, with nothing written, when the
+    /// write needs an executor: an index with a predicate or an exclusion
+    /// constraint, an index we keep no state for, or a table access
+    /// method other than heap (`Writer` does it then). For an `insertable`
+    /// table opened ROW EXCLUSIVE, under a lock of ours on the row's key
+    /// (see `Writer::insert`).
+    pub fn insert_row(
+        &self,
+        values: &mut [pg_sys::Datum],
+        nulls: &mut [bool],
+        arbiter: Oid,
+    ) -> Option<bool> {
+        // SAFETY: the sequence ExecInsert and ExecInsertIndexTuples run for
+        // one row of a heap table whose indexes are plain columns; the
+        // arrays have the descriptor's natts entries.
+        unsafe {
+            let raw = self.raw;
+            let natts = (*(*raw).rd_att).natts as usize;
+            if (*(*raw).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID
+                || values.len() != natts
+                || nulls.len() != natts
+            {
+                return None;
+            }
+            let (descs, infos) = open_kept_indexes(self.spec.slot, raw)?;
+            let plain = descs.iter().zip(&infos).all(|(&d, &i)| {
+                (*i).ii_Predicate.is_null()
+                    && (*i).ii_ExclusionOps.is_null()
+                    && (*i).ii_Expressions.is_null()
+                    && (!(*(*d).rd_index).indisunique || (*(*d).rd_index).indimmediate)
+            });
+            if !plain {
+                for d in descs {
+                    pg_sys::index_close(d, pg_sys::NoLock as pg_sys::LOCKMODE);
+                }
+                return None;
+            }
+            refuse_null(raw, nulls);
+            let tuple =
+                pg_sys::heap_form_tuple((*raw).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::heap_insert(raw, tuple, pg_sys::GetCurrentCommandId(true), 0, null_mut());
+            let mut conflict = false;
+            let mut ivalues = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+            let mut inulls = [true; pg_sys::INDEX_MAX_KEYS as usize];
+            for (&index, &info) in descs.iter().zip(&infos) {
+                if !(*info).ii_ReadyForInserts {
+                    continue;
+                }
+                // FormIndexDatum for an index of plain columns.
+                let n = (*info).ii_NumIndexAttrs as usize;
+                for k in 0..n {
+                    let at = (*info).ii_IndexAttrNumbers[k] as usize - 1;
+                    ivalues[k] = values[at];
+                    inulls[k] = nulls[at];
+                }
+                let form = (*index).rd_index;
+                let check = if !(*form).indisunique {
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                } else if (*form).indexrelid == arbiter {
+                    // The arbiter reports a conflict as data, without
+                    // waiting for one in flight (noDupErr).
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_PARTIAL
+                } else {
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                };
+                let satisfied = pg_sys::index_insert(
+                    index,
+                    ivalues.as_mut_ptr(),
+                    inulls.as_mut_ptr(),
+                    &mut (*tuple).t_self,
+                    raw,
+                    check,
+                    false,
+                    info,
+                );
+                if !satisfied && (*form).indexrelid == arbiter {
+                    conflict = true;
+                }
+            }
+            // Later commands of this transaction see the row (or its end).
+            pg_sys::CommandCounterIncrement();
+            if conflict {
+                pg_sys::simple_heap_delete(raw, &mut (*tuple).t_self);
+                pg_sys::CommandCounterIncrement();
+            }
+            pg_sys::heap_freetuple(tuple);
+            for d in descs {
+                pg_sys::index_close(d, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+            Some(!conflict)
         }
     }
 
@@ -892,36 +997,16 @@ impl<'r> Writer<'r> {
         pg_sys::CommandCounterIncrement();
     }
 
-    /// A NULL in a column a user made NOT NULL is refused as a statement
-    /// refuses it (`23502`, with Postgres's message); the columns
-    /// integrity made NOT NULL are always set by the direct paths.
-    /// (ExecConstraints itself needs a range table, which we do not build.)
+    /// See `refuse_null`.
     ///
     /// # Safety
     /// The slot holds the row about to be written.
     unsafe fn not_null(&mut self) {
-        let desc = (*self.rel.raw).rd_att;
-        let n = (*desc).natts as usize;
-        let attrs = (*desc).attrs.as_slice(n);
-        let nulls = std::slice::from_raw_parts((*self.slot).tts_isnull, n);
-        if let Some(a) = attrs
-            .iter()
-            .zip(nulls)
-            .find(|(a, &null)| a.attnotnull && !a.attisdropped && null)
-            .map(|(a, _)| a)
-        {
-            let column = CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
-            let table =
-                CStr::from_ptr((*(*self.rel.raw).rd_rel).relname.data.as_ptr()).to_string_lossy();
-            crate::errors::raise(
-                crate::errors::Kind::NotNullViolation,
-                "integrity",
-                format!(
-                    "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
-                ),
-                "A NOT NULL added to a column integrity leaves NULL: drop it (ALTER TABLE … ALTER COLUMN … DROP NOT NULL).",
-            );
-        }
+        let n = (*(*self.rel.raw).rd_att).natts as usize;
+        refuse_null(
+            self.rel.raw,
+            std::slice::from_raw_parts((*self.slot).tts_isnull, n),
+        );
     }
 
     pub fn finish(self) {
@@ -931,5 +1016,35 @@ impl<'r> Writer<'r> {
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
         }
+    }
+}
+
+/// A NULL in a column a user made NOT NULL is refused as a statement
+/// refuses it (`23502`, with Postgres's message); the columns integrity
+/// made NOT NULL are always set by the direct paths. (ExecConstraints
+/// itself needs a range table, which we do not build.)
+///
+/// # Safety
+/// `rel` is open; `nulls` are the null flags of a row of it, in
+/// tuple-descriptor order.
+unsafe fn refuse_null(rel: pg_sys::Relation, nulls: &[bool]) {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    if let Some(a) = attrs
+        .iter()
+        .zip(nulls)
+        .find(|(a, &null)| a.attnotnull && !a.attisdropped && null)
+        .map(|(a, _)| a)
+    {
+        let column = CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
+        let table = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+        crate::errors::raise(
+            crate::errors::Kind::NotNullViolation,
+            "integrity",
+            format!(
+                "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+            ),
+            "A NOT NULL added to a column integrity leaves NULL: drop it (ALTER TABLE … ALTER COLUMN … DROP NOT NULL).",
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::jsonb::{Builder, Jsonb};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use smallvec::{smallvec, SmallVec};
 
 /// `integrity.idempotency_keys` as integrity creates it.
 static KEYS: Spec = Spec {
@@ -208,8 +209,8 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
     }
     let wanted = (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT) as pg_sys::AclMode;
     let rel = Rel::for_write(&KEYS, wanted, k.org_id)?;
-    let mut w = Writer::new(&rel);
-    let (values, nulls) = w.row();
+    let mut values: SmallVec<[pg_sys::Datum; 24]> = smallvec![pg_sys::Datum::from(0); rel.natts()];
+    let mut nulls: SmallVec<[bool; 24]> = smallvec![true; rel.natts()];
     let mut set = |i: usize, d: Option<pg_sys::Datum>| {
         if let Some(d) = d {
             values[rel.col(i)] = d;
@@ -241,9 +242,20 @@ pub fn insert(k: &Key<'_>, row: &NewRow<'_>) -> Option<bool> {
     }
     // Under the key's lock no other row for the key can appear (every
     // writer takes it), so a plain insert; should one appear all the same,
-    // ours is deleted again and the caller raises.
-    let inserted = w.insert(rel.index(PKEY));
-    w.finish();
+    // ours is deleted again and the caller raises. Without an executor
+    // state when the table allows (its indexes are plain columns).
+    let arbiter = rel.index(PKEY);
+    let inserted = rel
+        .insert_row(&mut values, &mut nulls, arbiter)
+        .unwrap_or_else(|| {
+            let mut w = Writer::new(&rel);
+            let (v, n) = w.row();
+            v.copy_from_slice(&values);
+            n.copy_from_slice(&nulls);
+            let inserted = w.insert(arbiter);
+            w.finish();
+            inserted
+        });
     rel.close();
     Some(inserted)
 }
@@ -392,5 +404,61 @@ mod tests {
         Spi::run("CREATE POLICY second ON integrity.idempotency_keys AS RESTRICTIVE USING (true)")
             .unwrap();
         assert_eq!(shape(), (true, true, false));
+    }
+
+    const ORG: &str = "00000000-0000-0000-0000-0000000000d1";
+
+    fn call(f: &str, key: &str, rest: &str) -> String {
+        format!("SELECT integrity.{f}('{ORG}', 'POST /direct', '{key}', {rest})")
+    }
+
+    /// The write without an executor state (`Rel::insert_row`) checks what
+    /// the statement would: a row written under the key by someone who
+    /// bypassed the functions is a conflict (23505, one row stays), and a
+    /// NOT NULL a user added to a column we leave NULL is refused (23502).
+    #[pg_test]
+    fn a_plain_write_conflicts_and_refuses_nulls_as_a_statement_would() {
+        crate::testutil::serialize_ddl();
+        assert_eq!(
+            crate::testutil::json(&call("idem_begin", "pw-1", "'{}'"))["outcome"],
+            "started"
+        );
+        Spi::run(&format!(
+            "INSERT INTO integrity.idempotency_keys (org_id, scope, key, fingerprint, lease, expires_at)
+             VALUES ('{ORG}', 'POST /direct', 'pw-1', 'x', '1 minute', now() + '1 day')"
+        ))
+        .unwrap();
+        assert_eq!(
+            crate::testutil::sqlstate(&call("idem_complete", "pw-1", "201, '{}'")),
+            "23505"
+        );
+        assert_eq!(
+            crate::testutil::one::<i64>(
+                "SELECT count(*) FROM integrity.idempotency_keys WHERE key = 'pw-1'"
+            ),
+            Some(1)
+        );
+        Spi::run(
+            "UPDATE integrity.idempotency_keys SET recovery_point = '' WHERE recovery_point IS NULL;
+             ALTER TABLE integrity.idempotency_keys ALTER COLUMN recovery_point SET NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(shape(), (true, true, true));
+        assert_eq!(
+            crate::testutil::json(&call("idem_begin", "pw-2", "'{}'"))["outcome"],
+            "started"
+        );
+        assert_eq!(
+            crate::testutil::sqlstate(&call("idem_complete", "pw-2", "201, '{}'")),
+            "23502"
+        );
+        Spi::run(
+            "ALTER TABLE integrity.idempotency_keys ALTER COLUMN recovery_point DROP NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::testutil::json(&call("idem_complete", "pw-2", "201, '{}'"))["ok"],
+            true
+        );
     }
 }
