@@ -381,6 +381,8 @@ mod tests {
     /// sends the calls back to their statements, and back again).
     #[pg_test]
     fn the_keys_table_as_created_takes_the_direct_paths() {
+        // Tests that change integrity.idempotency_keys run one at a time.
+        crate::testutil::serialize_ddl();
         assert_eq!(shape(), (true, true, true));
         Spi::run(
             "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys USING (true)",
