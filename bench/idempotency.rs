@@ -34,7 +34,8 @@
 //! per request, and the share of time the hypervisor stole.
 //!
 //! env: BENCH_SECONDS (default 2), BENCH_ROUNDS (5), BENCH_CLIENTS ("1,16"),
-//! BENCH_PROTOCOL (prepared | simple), BENCH_SETTINGS (postgresql.conf).
+//! BENCH_PROTOCOL (prepared | simple), BENCH_SETTINGS (postgresql.conf);
+//! BENCH_SCRIPTS_TO=DIR only writes the pgbench scripts there.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -144,10 +145,19 @@ impl Kind {
 }
 
 fn main() {
+    let simple = std::env::var("BENCH_PROTOCOL").as_deref() == Ok("simple");
+    // BENCH_SCRIPTS_TO=DIR: only write each approach's pgbench script to
+    // DIR/<name>.pgbench (what bench/instructions.sh counts on the wire).
+    if let Ok(dir) = std::env::var("BENCH_SCRIPTS_TO") {
+        for k in KINDS {
+            let p = PathBuf::from(&dir).join(format!("{}.pgbench", k.name()));
+            std::fs::write(&p, k.script(simple)).expect("write pgbench script");
+        }
+        return;
+    }
     let secs: f64 = shared::var("BENCH_SECONDS", 2.0);
     let rounds: usize = shared::var("BENCH_ROUNDS", 5);
     let clients = shared::clients("1,16");
-    let simple = std::env::var("BENCH_PROTOCOL").as_deref() == Ok("simple");
     let settings_owned = shared::settings();
     let settings: Vec<&str> = settings_owned.iter().map(String::as_str).collect();
     let cluster = Cluster::start_with(&settings);

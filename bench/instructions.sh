@@ -20,6 +20,16 @@
 # statement costs more than a bound prepared statement over the wire; (2),
 # (4) and (5) have the same five statements.
 #
+# Then the same over the wire: the template's copy served by a postmaster
+# under valgrind (each backend it forks counts into a file of its own),
+# pgbench sending one client's requests with bench/idempotency.rs's own
+# scripts (prepared statements, a request's statements pipelined, keys
+# from a fixed --random-seed, another for each run). The backend of a run
+# of BASE + REQUESTS less that of a run of BASE, over REQUESTS, is one
+# request as a client sends it; the short run's backend less BASE
+# requests is the connection's start and first call (loading the
+# library, catalogs, first plans).
+#
 #   bash scripts/bench.sh instructions
 # env: BENCH_PRELOAD (100000), BENCH_BASE (500), BENCH_REQUESTS (2000)
 set -euo pipefail
@@ -34,7 +44,13 @@ if ! command -v valgrind >/dev/null; then
 fi
 
 dir=$(mktemp -d /tmp/integrity-instructions.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
+# The wire section's server, if it runs, is stopped before the files go.
+stop_wire() {
+  if [[ -f $dir/wire/postmaster.pid ]]; then
+    su postgres -c "$bindir/pg_ctl -D $dir/wire -m fast -w stop" >/dev/null 2>&1 || true
+  fi
+}
+trap 'stop_wire; rm -rf "$dir"' EXIT
 chown postgres "$dir"
 
 # A single-user backend on cluster $1, database $2, commands on stdin;
@@ -122,3 +138,68 @@ for ((i = 0; i < ${#labels[@]}; i += 2)); do
   printf '%-26s %14d %10s\n' "${labels[i + 1]}" "${ir[$kind]}" "$(ratio "${ir[bare]}" "${ir[$kind]}")"
 done
 echo "the key row beyond two no-op calls: ours (2)-(4) = $((ir[wrapped] - ir[calls])), plain SQL (5)-(4) = $((ir[floor] - ir[calls])); ours/plain SQL = $(ratio $((ir[wrapped] - ir[calls])) $((ir[floor] - ir[calls])))"
+
+# Over the wire (see the top of this file).
+# The scripts come from the bench binary scripts/bench.sh builds.
+bench=$(cd "$(dirname "$0")/.." && pwd)/target/release/examples/bench_idempotency
+[[ -x $bench ]] || { echo "$bench is missing: run bash scripts/bench.sh instructions" >&2; exit 1; }
+mkdir "$dir/scripts" "$dir/cg"
+BENCH_SCRIPTS_TO="$dir/scripts" "$bench"
+chown -R postgres "$dir/scripts" "$dir/cg"
+cp -a "$dir/template" "$dir/wire"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+su postgres -c "valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=$dir/cg/%p $bindir/postgres -D $dir/wire -p $port -c listen_addresses=127.0.0.1 -k $dir -c fsync=off -c autovacuum=off" >"$dir/wire.log" 2>&1 &
+for _ in $(seq 240); do
+  "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+  sleep 0.5
+done
+"$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" || { cat "$dir/wire.log" >&2; exit 1; }
+
+# The postmaster's children between runs (its auxiliary processes): a run
+# is over when its backends have exited, each writing its count.
+pm=$(head -1 "$dir/wire/postmaster.pid")
+children() { pgrep -c -P "$pm" || true; }
+sleep 2
+aux=$(children)
+
+# The instructions of the backend that served $2 requests of approach $1,
+# its keys drawn with random seed $3: the largest count among the files
+# the run's backends left (pgbench also opens a short connection first).
+served() {
+  local before f best=0 n
+  before=$(ls "$dir/cg")
+  "$bindir/pgbench" -n -h 127.0.0.1 -p "$port" -U postgres -M prepared -c 1 -t "$2" \
+    --random-seed="$3" -f "$dir/scripts/$1.pgbench" v >"$dir/pgbench.out" 2>&1 ||
+    { cat "$dir/pgbench.out" >&2; exit 1; }
+  for _ in $(seq 300); do
+    (($(children) <= aux)) && break
+    sleep 0.1
+  done
+  for f in $(comm -13 <(echo "$before") <(ls "$dir/cg")); do
+    n=$(sed -n 's/^summary: *//p' "$dir/cg/$f")
+    ((${n:-0} > best)) && best=$n
+  done
+  echo "$best"
+}
+
+# The database's first connection builds its relcache init file: not
+# counted.
+served bare 1 0 >/dev/null
+declare -A wire start
+for ((i = 0; i < ${#labels[@]}; i += 2)); do
+  kind=${labels[i]}
+  short=$(served "$kind" "$base" 1)
+  long=$(served "$kind" $((base + requests)) 2)
+  wire[$kind]=$(((long - short) / requests))
+  start[$kind]=$((short - base * wire[$kind]))
+done
+echo
+echo "over the wire (valgrind on the server's backend, pgbench client, prepared and pipelined as bench/idempotency.rs):"
+# A backend's count includes the postmaster's start before the fork, so
+# a connection's start is shown beyond the bare insert's.
+printf '%-26s %14s %10s %26s\n' approach instructions "bare/this" "connection's start - (1)'s"
+for ((i = 0; i < ${#labels[@]}; i += 2)); do
+  kind=${labels[i]}
+  printf '%-26s %14d %10s %26d\n' "${labels[i + 1]}" "${wire[$kind]}" "$(ratio "${wire[bare]}" "${wire[$kind]}")" $((start[$kind] - start[bare]))
+done
+echo "over the wire, the key row beyond two no-op calls: ours (2)-(4) = $((wire[wrapped] - wire[calls])), plain SQL (5)-(4) = $((wire[floor] - wire[calls])); ours/plain SQL = $(ratio $((wire[wrapped] - wire[calls])) $((wire[floor] - wire[calls])))"
