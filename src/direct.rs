@@ -5,7 +5,10 @@
 //! probe or one row. Here only the work is left, done by the routines a
 //! statement uses: index scans under the snapshot a statement would get,
 //! `table_tuple_insert` and `ExecInsertIndexTuples`, which maintains every
-//! index and makes every unique and exclusion check as an INSERT does.
+//! index and makes every unique and exclusion check as an INSERT does (or,
+//! for a table whose indexes are plain columns, `heap_insert` and each
+//! index's `index_insert` with the same checks, without an executor state:
+//! `Rel::insert_row`).
 //!
 //! A direct write does only what a statement would do on the table as
 //! integrity created it. `Rel` says when that is not the case, and the
@@ -440,12 +443,7 @@ impl Rel {
                     conflict = true;
                 }
             }
-            // Later commands of this transaction see the row (or its end).
-            pg_sys::CommandCounterIncrement();
-            if conflict {
-                pg_sys::simple_heap_delete(raw, &mut (*tuple).t_self);
-                pg_sys::CommandCounterIncrement();
-            }
+            end_insert(raw, &mut (*tuple).t_self, conflict);
             pg_sys::heap_freetuple(tuple);
             for d in descs {
                 pg_sys::index_close(d, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -948,12 +946,7 @@ impl<'r> Writer<'r> {
             // constraint would also be listed, for a later recheck, but
             // those come with triggers, which make a table not insertable).
             let conflict = flagged || pg_sys::list_member_oid(violated, arbiter);
-            // Later commands of this transaction see the row (or its end).
-            pg_sys::CommandCounterIncrement();
-            if conflict {
-                pg_sys::simple_heap_delete(raw, &mut (*self.slot).tts_tid);
-                pg_sys::CommandCounterIncrement();
-            }
+            end_insert(raw, &mut (*self.slot).tts_tid, conflict);
             !conflict
         }
     }
@@ -1016,6 +1009,20 @@ impl<'r> Writer<'r> {
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
         }
+    }
+}
+
+/// After a direct insert of the row at `tid`: later commands of this
+/// transaction see it, and on a `conflict` its end (ours is deleted again).
+///
+/// # Safety
+/// `tid` is the row `rel` (open ROW EXCLUSIVE) was just given by this
+/// transaction.
+unsafe fn end_insert(rel: pg_sys::Relation, tid: &mut pg_sys::ItemPointerData, conflict: bool) {
+    pg_sys::CommandCounterIncrement();
+    if conflict {
+        pg_sys::simple_heap_delete(rel, tid);
+        pg_sys::CommandCounterIncrement();
     }
 }
 
