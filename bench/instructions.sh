@@ -186,6 +186,9 @@ served() {
 # counted.
 served bare 1 0 >/dev/null
 declare -A wire start
+# Over the wire also (2) and (5) sent without BEGIN and COMMIT (one
+# implicit transaction), which a single-user backend cannot run.
+labels+=(wrapped_implicit "(6) (2) w/o BEGIN/COMMIT" row_alone "(7) key row alone")
 for ((i = 0; i < ${#labels[@]}; i += 2)); do
   kind=${labels[i]}
   short=$(served "$kind" "$base" 1)
