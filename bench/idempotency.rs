@@ -119,9 +119,13 @@ impl Kind {
         let wrap = |(before, after): (String, String), p: &str| {
             vec!["BEGIN".into(), before, insert(p), after, "COMMIT".into()]
         };
+        // idem_begin of the key `key` (an SQL expression).
+        let begin = |key: &str| {
+            format!("SELECT integrity.idem_begin('{ORG}', 'POST /orders', {key}, '{{\"amount\": 100}}')")
+        };
         let idem = |p: &str| {
             (
-                format!("SELECT integrity.idem_begin('{ORG}', 'POST /orders', '{p}-' || :k, '{{\"amount\": 100}}')"),
+                begin(&format!("'{p}-' || :k")),
                 format!("SELECT integrity.idem_complete('{ORG}', 'POST /orders', '{p}-' || :k, 201, '{{\"order\": \"created\"}}')"),
             )
         };
@@ -139,9 +143,7 @@ impl Kind {
         match self {
             Kind::Bare => vec![insert("b")],
             Kind::Wrapped => wrap(idem("w"), "w"),
-            Kind::Replay => vec![format!(
-                "SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'r-' || :r, '{{\"amount\": 100}}')"
-            )],
+            Kind::Replay => vec![begin("'r-' || :r")],
             Kind::Calls => wrap(("SELECT 1".into(), "SELECT 1".into()), "c"),
             Kind::Floor => wrap(sql_key_row("f"), "f"),
             Kind::WrappedImplicit => three(idem("i"), "i"),
@@ -237,7 +239,7 @@ fn main() {
     let mut worst_implicit = f64::INFINITY;
     let mut worst_vs_ceiling = f64::INFINITY;
     for &n in &clients {
-        // A round runs bare, A, bare, B, bare, C, bare, D, bare (A..D the
+        // A round runs bare, A, bare, B, …, bare, F, bare (A..F the
         // other approaches, their order turned by one each round), and
         // each approach's ratio is its requests/s over the mean of the two
         // bare runs beside it: on a machine whose speed moves by tens of
@@ -288,12 +290,19 @@ fn main() {
                 rel
             );
         }
-        let (w, r) = (m[1], m[2]);
+        // The position of an approach in KINDS (and in m, ratios).
+        let at = |kind: Kind| {
+            KINDS
+                .iter()
+                .position(|&k| k == kind)
+                .expect("every kind is in KINDS")
+        };
+        let (w, r) = (m[at(Kind::Wrapped)], m[at(Kind::Replay)]);
         // Ours against another approach j: in each round, the ratio of
         // their two ratios to the bare runs beside them.
         let wrapped_over = |j: usize| {
             shared::median(
-                ratios[1]
+                ratios[at(Kind::Wrapped)]
                     .iter()
                     .zip(&ratios[j])
                     .map(|(w, o)| w / o)
@@ -301,19 +310,23 @@ fn main() {
             )
         };
         // Against the plain-SQL key row (5), and the key row alone (7).
-        let (vs_floor, vs_ceiling) = (wrapped_over(4), wrapped_over(6));
+        let (vs_floor, vs_ceiling) = (
+            wrapped_over(at(Kind::Floor)),
+            wrapped_over(at(Kind::RowAlone)),
+        );
+        let implicit = m[at(Kind::WrappedImplicit)];
         worst_wrapped = worst_wrapped.min(w);
         worst_replay = worst_replay.min(r);
         worst_vs_floor = worst_vs_floor.min(vs_floor);
-        worst_implicit = worst_implicit.min(m[5]);
+        worst_implicit = worst_implicit.min(implicit);
         worst_vs_ceiling = worst_vs_ceiling.min(vs_ceiling);
         println!(
             "{n:>3}  wrapped/bare = {w:.2}   replay/bare = {r:.2}   floors: no-ops/bare = {:.2}, SQL key row/bare = {:.2}   wrapped/SQL key row = {vs_floor:.2}   steal {steal_min:.0}-{steal_max:.0} %",
-            m[3], m[4]
+            m[at(Kind::Calls)], m[at(Kind::Floor)]
         );
         println!(
-            "{n:>3}  ceiling: key row alone/bare = {:.2}   wrapped/key row alone = {vs_ceiling:.2}   without BEGIN/COMMIT (one implicit transaction): wrapped/bare = {:.2}",
-            m[6], m[5]
+            "{n:>3}  ceiling: key row alone/bare = {:.2}   wrapped/key row alone = {vs_ceiling:.2}   without BEGIN/COMMIT (one implicit transaction): wrapped/bare = {implicit:.2}",
+            m[at(Kind::RowAlone)]
         );
     }
     // pgbench does not look at answers: check afterwards that every wrapped

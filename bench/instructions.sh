@@ -186,8 +186,9 @@ served() {
 # counted.
 served bare 1 0 >/dev/null
 declare -A wire start
-# Over the wire also (2) and (5) sent without BEGIN and COMMIT (one
-# implicit transaction), which a single-user backend cannot run.
+# Over the wire also (6), (2) without BEGIN and COMMIT (one implicit
+# transaction, which a single-user backend cannot run: it commits each
+# command), and (7), the key row alone (bench/idempotency.rs).
 labels+=(wrapped_implicit "(6) (2) w/o BEGIN/COMMIT" row_alone "(7) key row alone")
 for ((i = 0; i < ${#labels[@]}; i += 2)); do
   kind=${labels[i]}
