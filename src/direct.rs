@@ -381,10 +381,9 @@ impl Rel {
         // arrays have the descriptor's natts entries.
         unsafe {
             let raw = self.raw;
-            let natts = (*(*raw).rd_att).natts as usize;
             if (*(*raw).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID
-                || values.len() != natts
-                || nulls.len() != natts
+                || values.len() != self.natts()
+                || nulls.len() != self.natts()
             {
                 return None;
             }
@@ -900,7 +899,7 @@ impl<'r> Writer<'r> {
         // SAFETY: the virtual slot's arrays have natts entries.
         unsafe {
             pg_sys::ExecClearTuple(self.slot);
-            let n = (*(*self.rel.raw).rd_att).natts as usize;
+            let n = self.rel.natts();
             let values = std::slice::from_raw_parts_mut((*self.slot).tts_values, n);
             let nulls = std::slice::from_raw_parts_mut((*self.slot).tts_isnull, n);
             nulls.fill(true);
@@ -995,7 +994,7 @@ impl<'r> Writer<'r> {
     /// # Safety
     /// The slot holds the row about to be written.
     unsafe fn not_null(&mut self) {
-        let n = (*(*self.rel.raw).rd_att).natts as usize;
+        let n = self.rel.natts();
         refuse_null(
             self.rel.raw,
             std::slice::from_raw_parts((*self.slot).tts_isnull, n),
