@@ -91,6 +91,44 @@ fn pgbench_figure(stdout: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// pgbench at `clients` clients against `cluster`'s database postgres,
+/// running `script` with prepared statements (or simple-protocol query
+/// strings); the caller adds how long.
+fn pgbench_command(
+    cluster: &crate::common::Cluster,
+    script: &std::path::Path,
+    clients: usize,
+    simple: bool,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(pgbench());
+    c.args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
+        .arg("-p")
+        .arg(cluster.port.to_string())
+        .args(["-M", if simple { "simple" } else { "prepared" }])
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-j")
+        .arg(clients.min(2).to_string())
+        .arg("-f")
+        .arg(script)
+        .arg("postgres");
+    c
+}
+
+/// Run `cmd` (from `pgbench_command`) to its end; its standard output.
+/// A pgbench that failed, or aborted a client, stops the bench.
+fn pgbench_output(mut cmd: std::process::Command, script: &std::path::Path) -> String {
+    let out = cmd.output().expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("aborted"),
+        "pgbench failed on {}:\n{stdout}\n{stderr}",
+        script.display()
+    );
+    stdout
+}
+
 /// One pgbench run of `script` at `clients` clients (prepared statements,
 /// or simple-protocol query strings): its transactions per second, and
 /// the CPU the machine spent on it.
@@ -103,29 +141,9 @@ pub fn pgbench_run(
     simple: bool,
 ) -> Run {
     let before = cpu_ticks();
-    let out = std::process::Command::new(pgbench())
-        .args(["-n", "-h", "127.0.0.1", "-U", "postgres"])
-        .arg("-p")
-        .arg(cluster.port.to_string())
-        .args(["-M", if simple { "simple" } else { "prepared" }])
-        .arg("-c")
-        .arg(clients.to_string())
-        .arg("-j")
-        .arg(clients.min(2).to_string())
-        .arg("-T")
-        .arg(format!("{}", secs.ceil() as u64))
-        .arg("-f")
-        .arg(script)
-        .arg("postgres")
-        .output()
-        .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("aborted"),
-        "pgbench failed on {}:\n{stdout}\n{stderr}",
-        script.display()
-    );
+    let mut cmd = pgbench_command(cluster, script, clients, simple);
+    cmd.arg("-T").arg(format!("{}", secs.ceil() as u64));
+    let stdout = pgbench_output(cmd, script);
     let after = cpu_ticks();
     let tps = pgbench_figure(&stdout, "tps = ")
         .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
@@ -149,4 +167,21 @@ pub fn pgbench_run(
             0.0
         },
     }
+}
+
+/// One client running `script` `transactions` times, each on a new
+/// connection (`pgbench -C`): the milliseconds one takes, connecting
+/// included.
+#[allow(dead_code)]
+pub fn pgbench_connecting_ms(
+    cluster: &crate::common::Cluster,
+    script: &std::path::Path,
+    transactions: usize,
+) -> f64 {
+    let mut cmd = pgbench_command(cluster, script, 1, false);
+    cmd.arg("-C").arg("-t").arg(transactions.to_string());
+    let stdout = pgbench_output(cmd, script);
+    let tps = pgbench_figure(&stdout, "tps = ")
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
+    1000.0 / tps
 }

@@ -7,13 +7,14 @@
 #   bash scripts/bench.sh triggers      trigger functions (bench/triggers.rs)
 #   bash scripts/bench.sh checks        consistency checks (bench/checks.rs)
 #   bash scripts/bench.sh deliveries    delivery log vs a plain-SQL queue and pgmq (bench/deliveries.rs)
+#   bash scripts/bench.sh first_call    a new connection's first call, library preloaded or not (bench/first_call.rs)
 #   bash scripts/bench.sh breaker       breaker_allow vs SELECT 1 and a naive FOR UPDATE breaker (bench/breaker.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 install_extension
-cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers --example bench_checks --example bench_deliveries --example bench_breaker
+cargo build --quiet --release --features client --example bench --example bench_idempotency --example bench_triggers --example bench_checks --example bench_deliveries --example bench_breaker --example bench_first_call
 case "${1:-booking}" in
   booking) shift || true; exec ./target/release/examples/bench "$@" ;;
   idempotency) shift; exec ./target/release/examples/bench_idempotency "$@" ;;
@@ -21,6 +22,7 @@ case "${1:-booking}" in
   triggers) shift; exec ./target/release/examples/bench_triggers "$@" ;;
   checks) shift; exec ./target/release/examples/bench_checks "$@" ;;
   breaker) shift; exec ./target/release/examples/bench_breaker "$@" ;;
+  first_call) shift; exec ./target/release/examples/bench_first_call "$@" ;;
   deliveries) shift
     # pgmq, vendored for this comparison (Debian has no package): SQL only.
     install -m 644 bench/vendor/pgmq/pgmq.control bench/vendor/pgmq/pgmq--1.5.1.sql \
