@@ -8,7 +8,10 @@
 //! * `integrity.lock_key('a')`: the library's load and `_PG_init` (its
 //!   settings), a pure function reading no table;
 //! * `integrity.idem_begin(…)` replaying a completed key: the load, the
-//!   keys table's first opening in the backend and the call itself.
+//!   keys table's first opening in the backend and the call itself;
+//! * a plain `SELECT` of that key's row: what any lookup of a key in the
+//!   keys table costs a new connection (the table's catalog entries, a
+//!   plan), without integrity's library.
 //!
 //! Each cell is the median of BENCH_ROUNDS (5) rounds of BENCH_CONNECTIONS
 //! (200) connections, the clusters and calls in an order rotated per round.
@@ -45,6 +48,10 @@ fn main() {
         (
             "idem_begin (replay)",
             format!("SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'r', '{{\"amount\": 100}}');\n"),
+        ),
+        (
+            "SELECT of the key row",
+            format!("SELECT response_code, response FROM integrity.idempotency_keys WHERE org_id = '{ORG}' AND scope = 'POST /orders' AND key = 'r';\n"),
         ),
     ];
     let mut scripts = Vec::new();
@@ -109,9 +116,10 @@ fn main() {
     }
     let extra = |c: usize| med[c][2] - med[c][0];
     println!(
-        "summary: a new connection's first idem_begin adds {:.2} ms on demand, {:.2} ms preloaded (preloaded/on demand = {:.2})",
+        "summary: a new connection's first idem_begin adds {:.2} ms on demand, {:.2} ms preloaded (preloaded/on demand = {:.2}); a plain SELECT of the key row adds {:.2} ms",
         extra(0),
         extra(1),
-        extra(1) / extra(0)
+        extra(1) / extra(0),
+        med[1][3] - med[1][0]
     );
 }
