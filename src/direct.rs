@@ -466,17 +466,9 @@ impl Rel {
         snapshot: pg_sys::Snapshot,
         read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
     ) -> Option<R> {
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let irel = pg_sys::index_open(self.shape.indexes[index], lock);
+        let irel = self.open_btree(index, key.len());
         let n = key.len();
         let procs = &self.shape.eq_procs[index];
-        if (*(*irel).rd_rel).relam != pg_sys::BTREE_AM_OID
-            || (*(*irel).rd_index).indnkeyatts as usize != n
-            || n > MAX_KEYS
-            || procs[..n].contains(&Oid::INVALID)
-        {
-            bug("direct fetch through an index that is not integrity's btree");
-        }
         let mut keys = [std::mem::zeroed::<pg_sys::ScanKeyData>(); MAX_KEYS];
         for (i, k) in keys[..n].iter_mut().enumerate() {
             pg_sys::ScanKeyEntryInitialize(
@@ -497,6 +489,164 @@ impl Rel {
         });
         pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
         r
+    }
+
+    /// The `index`th of `Spec::indexes`, opened ACCESS SHARE (closed by
+    /// the caller, keeping the lock): a B-tree whose `n` key columns we know
+    /// equality for, or a bug.
+    unsafe fn open_btree(&self, index: usize, n: usize) -> pg_sys::Relation {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let irel = pg_sys::index_open(self.shape.indexes[index], lock);
+        let procs = &self.shape.eq_procs[index];
+        if (*(*irel).rd_rel).relam != pg_sys::BTREE_AM_OID
+            || (*(*irel).rd_index).indnkeyatts as usize != n
+            || n > MAX_KEYS
+            || procs[..n].contains(&Oid::INVALID)
+        {
+            bug("direct look through an index that is not integrity's btree");
+        }
+        irel
+    }
+
+    /// Whether the B-tree `index` (one of `Spec::indexes`; `key` gives all
+    /// its key columns) has no entry equal to `key`, live or dead. It is
+    /// the look a unique insert makes before it inserts
+    /// (`_bt_check_unique`): one descent to the leaf page where the key
+    /// would go, without an index scan, a snapshot or a heap fetch. `false`
+    /// when an entry is there, whatever its row's state, or may be on the
+    /// next page: the caller then scans.
+    ///
+    /// No entry means no row with the key in any state, committed or in
+    /// flight, for any snapshot, as far as a scan through this index could
+    /// tell. It takes no predicate lock: not for SERIALIZABLE.
+    ///
+    /// # Safety
+    /// `key` are datums of the index's key column types, in its order.
+    pub unsafe fn lacks(&self, index: usize, key: &[pg_sys::Datum]) -> bool {
+        let n = key.len();
+        let irel = self.open_btree(index, n);
+        let mut values = [pg_sys::Datum::from(0); MAX_KEYS];
+        let mut nulls = [false; MAX_KEYS];
+        values[..n].copy_from_slice(key);
+        // One guard around the whole look: nothing in it has a destructor,
+        // so an ERROR's longjmp out of it skips nothing.
+        let lacks = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            let itup =
+                pg_sys::index_form_tuple((*irel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let skey = nbtree::_bt_mkscankey(irel, itup);
+            // As a unique check searches: for the first entry equal to the
+            // key, whatever its heap TID.
+            (*skey).scantid = null_mut();
+            let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+            let stack = nbtree::_bt_search(irel, skey, &mut buf, nbtree::BT_READ, null_mut());
+            nbtree::_bt_freestack(stack);
+            // An empty index has no root: nothing to find.
+            let lacks = buf == pg_sys::InvalidBuffer as pg_sys::Buffer
+                || nbtree::leaf_lacks(irel, skey, pg_sys::BufferGetPage(buf));
+            if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                nbtree::_bt_relbuf(irel, buf);
+            }
+            pg_sys::pfree(skey.cast());
+            pg_sys::pfree(itup.cast());
+            lacks
+        });
+        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        lacks
+    }
+}
+
+/// What `Rel::lacks` uses of Postgres 15's B-tree (access/nbtree.h), which
+/// pgrx does not bind. Called only inside a guard.
+mod nbtree {
+    use pgrx::pg_sys;
+    use std::ffi::{c_int, c_void};
+
+    /// The head of `BTScanInsertData`; the scan keys follow it, and only
+    /// Postgres reads them.
+    #[repr(C)]
+    pub struct BTScanInsertData {
+        pub heapkeyspace: bool,
+        pub allequalimage: bool,
+        pub anynullkeys: bool,
+        pub nextkey: bool,
+        pub pivotsearch: bool,
+        pub scantid: pg_sys::ItemPointer,
+        pub keysz: c_int,
+    }
+
+    /// `BTPageOpaqueData`, a B-tree page's special space.
+    #[repr(C)]
+    struct BTPageOpaqueData {
+        btpo_prev: pg_sys::BlockNumber,
+        btpo_next: pg_sys::BlockNumber,
+        btpo_level: u32,
+        btpo_flags: u16,
+        btpo_cycleid: u16,
+    }
+
+    /// `BT_READ`: `BUFFER_LOCK_SHARE`.
+    pub const BT_READ: c_int = 1;
+    const BTP_LEAF: u16 = 1 << 0;
+    /// `P_NONE`: no right sibling.
+    const P_NONE: pg_sys::BlockNumber = 0;
+    const P_HIKEY: pg_sys::OffsetNumber = 1;
+
+    unsafe extern "C-unwind" {
+        pub fn _bt_mkscankey(
+            rel: pg_sys::Relation,
+            itup: pg_sys::IndexTuple,
+        ) -> *mut BTScanInsertData;
+        pub fn _bt_search(
+            rel: pg_sys::Relation,
+            key: *mut BTScanInsertData,
+            buf: *mut pg_sys::Buffer,
+            access: c_int,
+            snapshot: pg_sys::Snapshot,
+        ) -> *mut c_void;
+        pub fn _bt_freestack(stack: *mut c_void);
+        fn _bt_compare(
+            rel: pg_sys::Relation,
+            key: *mut BTScanInsertData,
+            page: pg_sys::Page,
+            offnum: pg_sys::OffsetNumber,
+        ) -> i32;
+        pub fn _bt_relbuf(rel: pg_sys::Relation, buf: pg_sys::Buffer);
+    }
+
+    /// On the leaf `page` that `_bt_search` found for `key` (locked): no
+    /// entry equals the key, here or, past the high key, on the next page.
+    /// As `_bt_check_unique` walks: the first item not below the key is
+    /// another key, or there is no such item and the high key (an upper
+    /// bound of this page, and equal to the next page's lowest key at
+    /// most) differs from the key.
+    pub unsafe fn leaf_lacks(
+        rel: pg_sys::Relation,
+        key: *mut BTScanInsertData,
+        page: pg_sys::Page,
+    ) -> bool {
+        let header = page as *const pg_sys::PageHeaderData;
+        let opaque = page.add((*header).pd_special as usize) as *const BTPageOpaqueData;
+        if (*opaque).btpo_flags & BTP_LEAF == 0 {
+            return false;
+        }
+        let rightmost = (*opaque).btpo_next == P_NONE;
+        let max = pg_sys::PageGetMaxOffsetNumber(page);
+        // The first item >= key, among the data items (after the high key
+        // unless rightmost).
+        let (mut low, mut high) = (if rightmost { P_HIKEY } else { P_HIKEY + 1 }, max + 1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if _bt_compare(rel, key, page, mid) > 0 {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        if low <= max {
+            _bt_compare(rel, key, page, low) != 0
+        } else {
+            rightmost || _bt_compare(rel, key, page, P_HIKEY) != 0
+        }
     }
 }
 
