@@ -508,21 +508,17 @@ impl Rel {
         irel
     }
 
-    /// Whether the B-tree `index` (one of `Spec::indexes`; `key` gives all
-    /// its key columns) has no entry equal to `key`, live or dead. It is
-    /// the look a unique insert makes before it inserts
-    /// (`_bt_check_unique`): one descent to the leaf page where the key
-    /// would go, without an index scan, a snapshot or a heap fetch. `false`
-    /// when an entry is there, whatever its row's state, or may be on the
-    /// next page: the caller then scans.
-    ///
-    /// No entry means no row with the key in any state, committed or in
-    /// flight, for any snapshot, as far as a scan through this index could
-    /// tell. It takes no predicate lock: not for SERIALIZABLE.
+    /// What the B-tree `index` (one of `Spec::indexes`; `key` gives all
+    /// its key columns) holds for `key`, from the look a unique insert makes
+    /// before it inserts (`_bt_check_unique`): one descent to the leaf page
+    /// where the key would go, without an index scan or a heap fetch.
+    /// `Look::Absent`: no entry, live or dead, so no row with the key in
+    /// any state, as far as a scan through this index could tell. It takes
+    /// no predicate lock: not for SERIALIZABLE.
     ///
     /// # Safety
     /// `key` are datums of the index's key column types, in its order.
-    pub unsafe fn lacks(&self, index: usize, key: &[pg_sys::Datum]) -> bool {
+    pub unsafe fn look(&self, index: usize, key: &[pg_sys::Datum]) -> Look {
         let n = key.len();
         let irel = self.open_btree(index, n);
         let mut values = [pg_sys::Datum::from(0); MAX_KEYS];
@@ -530,7 +526,7 @@ impl Rel {
         values[..n].copy_from_slice(key);
         // One guard around the whole look: nothing in it has a destructor,
         // so an ERROR's longjmp out of it skips nothing.
-        let lacks = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+        let look = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
             let itup =
                 pg_sys::index_form_tuple((*irel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             let skey = nbtree::_bt_mkscankey(irel, itup);
@@ -541,21 +537,76 @@ impl Rel {
             let stack = nbtree::_bt_search(irel, skey, &mut buf, nbtree::BT_READ, null_mut());
             nbtree::_bt_freestack(stack);
             // An empty index has no root: nothing to find.
-            let lacks = buf == pg_sys::InvalidBuffer as pg_sys::Buffer
-                || nbtree::leaf_lacks(irel, skey, pg_sys::BufferGetPage(buf));
-            if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            let look = if buf == pg_sys::InvalidBuffer as pg_sys::Buffer {
+                Look::Absent
+            } else {
+                let look = nbtree::leaf_look(irel, skey, pg_sys::BufferGetPage(buf));
                 nbtree::_bt_relbuf(irel, buf);
-            }
+                look
+            };
             pg_sys::pfree(skey.cast());
             pg_sys::pfree(itup.cast());
-            lacks
+            look
         });
         pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        lacks
+        look
+    }
+
+    /// The row the index entry `tid` points to (the visible member of its
+    /// HOT chain), as `snapshot` sees it, handed to `read` while its slot
+    /// holds it, as `fetch` hands a row it found; `None` when `snapshot`
+    /// sees none.
+    ///
+    /// # Safety
+    /// As `fetch`; `tid` is from `look` on one of this table's indexes.
+    pub unsafe fn fetch_tid<R>(
+        &self,
+        mut tid: pg_sys::ItemPointerData,
+        snapshot: pg_sys::Snapshot,
+        read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
+    ) -> Option<R> {
+        let slot = pg_sys::table_slot_create(self.raw, null_mut());
+        let am = (*self.raw).rd_tableam;
+        let (Some(begin), Some(fetch), Some(end)) = (
+            (*am).index_fetch_begin,
+            (*am).index_fetch_tuple,
+            (*am).index_fetch_end,
+        ) else {
+            bug("table access method without index fetches")
+        };
+        let found = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            let scan = begin(self.raw);
+            let (mut call_again, mut all_dead) = (false, false);
+            let found = fetch(
+                scan,
+                &mut tid,
+                snapshot,
+                slot,
+                &mut call_again,
+                &mut all_dead,
+            );
+            end(scan);
+            found
+        });
+        let r = found.then(|| read(slot));
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        r
     }
 }
 
-/// What `Rel::lacks` uses of Postgres 15's B-tree (access/nbtree.h), which
+/// What `Rel::look` found for a key.
+pub enum Look {
+    /// No entry equals the key.
+    Absent,
+    /// Exactly one entry equals it, a plain one (not a posting list, not
+    /// marked dead), pointing at this heap TID.
+    One(pg_sys::ItemPointerData),
+    /// Something else (several entries, one marked dead or in a posting
+    /// list, or the key's entries may go on to the next page): scan.
+    Unsure,
+}
+
+/// What `Rel::look` uses of Postgres 15's B-tree (access/nbtree.h), which
 /// pgrx does not bind. Called only inside a guard.
 mod nbtree {
     use pgrx::pg_sys;
@@ -590,6 +641,8 @@ mod nbtree {
     /// `P_NONE`: no right sibling.
     const P_NONE: pg_sys::BlockNumber = 0;
     const P_HIKEY: pg_sys::OffsetNumber = 1;
+    /// `INDEX_ALT_TID_MASK`: on a leaf page, a posting list tuple.
+    const INDEX_ALT_TID_MASK: u16 = 0x2000;
 
     unsafe extern "C-unwind" {
         pub fn _bt_mkscankey(
@@ -613,24 +666,26 @@ mod nbtree {
         pub fn _bt_relbuf(rel: pg_sys::Relation, buf: pg_sys::Buffer);
     }
 
-    /// On the leaf `page` that `_bt_search` found for `key` (locked): no
-    /// entry equals the key, here or, past the high key, on the next page.
-    /// As `_bt_check_unique` walks: the first item not below the key is
-    /// another key, or there is no such item and the high key (an upper
-    /// bound of this page, and equal to the next page's lowest key at
-    /// most) differs from the key.
-    pub unsafe fn leaf_lacks(
+    /// On the leaf `page` that `_bt_search` found for `key` (locked), as
+    /// `_bt_check_unique` walks it: the first item not below the key, and
+    /// past it the next item or, at the end of the page, the high key (an
+    /// upper bound of this page, and at most equal to the next page's
+    /// lowest key).
+    pub unsafe fn leaf_look(
         rel: pg_sys::Relation,
         key: *mut BTScanInsertData,
         page: pg_sys::Page,
-    ) -> bool {
+    ) -> super::Look {
+        use super::Look;
         let header = page as *const pg_sys::PageHeaderData;
         let opaque = page.add((*header).pd_special as usize) as *const BTPageOpaqueData;
         if (*opaque).btpo_flags & BTP_LEAF == 0 {
-            return false;
+            return Look::Unsure;
         }
         let rightmost = (*opaque).btpo_next == P_NONE;
         let max = pg_sys::PageGetMaxOffsetNumber(page);
+        // Whether the key's entries may go on past the page's last item.
+        let beyond = || !rightmost && _bt_compare(rel, key, page, P_HIKEY) == 0;
         // The first item >= key, among the data items (after the high key
         // unless rightmost).
         let (mut low, mut high) = (if rightmost { P_HIKEY } else { P_HIKEY + 1 }, max + 1);
@@ -642,11 +697,24 @@ mod nbtree {
                 high = mid;
             }
         }
-        if low <= max {
-            _bt_compare(rel, key, page, low) != 0
-        } else {
-            rightmost || _bt_compare(rel, key, page, P_HIKEY) != 0
+        if low > max {
+            return if beyond() { Look::Unsure } else { Look::Absent };
         }
+        if _bt_compare(rel, key, page, low) != 0 {
+            return Look::Absent;
+        }
+        let more = if low < max {
+            _bt_compare(rel, key, page, low + 1) == 0
+        } else {
+            beyond()
+        };
+        let id = pg_sys::PageGetItemId(page, low);
+        let item = pg_sys::PageGetItem(page, id) as *const pg_sys::IndexTupleData;
+        if more || (*id).lp_flags() != pg_sys::LP_NORMAL || (*item).t_info & INDEX_ALT_TID_MASK != 0
+        {
+            return Look::Unsure;
+        }
+        Look::One((*item).t_tid)
     }
 }
 

@@ -12,7 +12,7 @@
 //! transaction, a key whose lease ran out).
 
 use super::Key;
-use crate::direct::{plus, xact_snapshot, Rel, Spec, Ty, Writer};
+use crate::direct::{plus, xact_snapshot, Look, Rel, Spec, Ty, Writer};
 use crate::jsonb::{Builder, Jsonb};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -139,23 +139,12 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
     {
         return None;
     }
-    // A new key, the usual case, is told in one descent of the primary
-    // key: no entry for it at all. Under READ COMMITTED only (the full
-    // probe below takes the predicate locks SERIALIZABLE needs). Should
-    // the look be wrong, the key row's unique insert still refuses a
-    // second row.
-    // SAFETY: the key's datums in the primary key's column order.
-    if !xact_snapshot() && unsafe { rel.lacks(PKEY, &key_datums(k)) } {
-        return Some(Peek::Absent {
-            insertable: rel.insertable() && may_write,
-        });
-    }
     // SAFETY: the snapshot is registered for the probe; the row's values
     // are read while its slot holds it, and the answer is finished (copied
     // into a jsonb of its own) before the slot lets it go.
     let found = unsafe {
         let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-        let found = rel.fetch(PKEY, &key_datums(k), snapshot, |slot| {
+        let read = |slot: *mut pg_sys::TupleTableSlot| {
             pg_sys::slot_getallattrs(slot);
             let v = |i: usize| value(slot, rel.col(i));
             let status = v(STATUS).and_then(|d| String::from_datum(d, false));
@@ -190,7 +179,19 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
                 };
             }
             Peek::Final(b.end().finish())
-        });
+        };
+        // Under READ COMMITTED, one descent of the primary key tells a new
+        // key (no entry at all), and finds a stored key's one entry, whose
+        // row is then read directly; anything else, and the other
+        // isolation levels (SERIALIZABLE needs the scan's predicate locks),
+        // take the index scan. Either way under the snapshot taken above,
+        // as a SELECT's scan would see the key.
+        let keys = key_datums(k);
+        let found = match (!xact_snapshot()).then(|| rel.look(PKEY, &keys)) {
+            Some(Look::Absent) => None,
+            Some(Look::One(tid)) => rel.fetch_tid(tid, snapshot, read),
+            _ => rel.fetch(PKEY, &keys, snapshot, read),
+        };
         pg_sys::UnregisterSnapshot(snapshot);
         found
     };
@@ -419,8 +420,10 @@ mod tests {
         assert_eq!(shape(), (true, true, false));
     }
 
-    /// `Rel::lacks` on the keys' primary key, for `key` under org `…d2`.
-    fn lacks(key: &str) -> bool {
+    /// `Rel::look` on the keys' primary key for `key` under org `…d2`: no
+    /// entry (`None`), or the one entry's row, read directly, as a new
+    /// snapshot sees it (`Some(None)`: invisible), by its `key` column.
+    fn look(key: &str) -> Option<Option<String>> {
         let org =
             pgrx::datum::Uuid::from_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd2]);
         let k = super::Key {
@@ -429,17 +432,34 @@ mod tests {
             key,
         };
         let rel = super::open_table();
-        // SAFETY: the key's datums in the primary key's order.
-        let lacks = unsafe { rel.lacks(super::PKEY, &super::key_datums(&k)) };
+        // SAFETY: the key's datums in the primary key's order; the
+        // snapshot is registered around the fetch, the key copied out of
+        // the slot while it holds the row.
+        let found = unsafe {
+            match rel.look(super::PKEY, &super::key_datums(&k)) {
+                super::Look::Absent => None,
+                super::Look::Unsure => panic!("{key}: one plain entry, yet unsure"),
+                super::Look::One(tid) => {
+                    let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+                    let row = rel.fetch_tid(tid, snapshot, |slot| {
+                        pg_sys::slot_getallattrs(slot);
+                        super::value(slot, rel.col(super::KEY))
+                            .and_then(|d| String::from_datum(d, false))
+                    });
+                    pg_sys::UnregisterSnapshot(snapshot);
+                    Some(row.flatten())
+                }
+            }
+        };
         rel.close();
-        lacks
+        found
     }
 
-    /// The one-descent look for a new key agrees with the table over many
-    /// leaf pages: no entry for each absent key (between two present ones,
-    /// before the first, after the last), an entry for each present one
-    /// and for one deleted in this transaction (its entry stays); and an
-    /// empty index lacks everything.
+    /// The one-descent look agrees with the table over many leaf pages: no
+    /// entry for each absent key (between two present ones, before the
+    /// first, after the last), the one entry of each present key, whose row
+    /// it reads; a row deleted in this transaction keeps its entry and is
+    /// not seen; an empty index has no entry for any key.
     #[pg_test]
     fn the_one_descent_look_finds_every_entry_and_only_those() {
         crate::testutil::serialize_ddl();
@@ -459,15 +479,20 @@ mod tests {
         for g in 0..=6001 {
             let key = format!("k{g:05}");
             let present = g % 2 == 0 && (2..=6000).contains(&g);
-            assert_eq!(lacks(&key), !present, "{key}");
+            let want = present.then(|| Some(key.clone()));
+            assert_eq!(look(&key), want, "{key}");
         }
         Spi::run(
             "DELETE FROM integrity.idempotency_keys WHERE scope = 'POST /lacks' AND key = 'k00100'",
         )
         .unwrap();
-        assert!(!lacks("k00100"), "a deleted row's entry is still there");
+        assert_eq!(
+            look("k00100"),
+            Some(None),
+            "a deleted row's entry stays, its row unseen"
+        );
         Spi::run("TRUNCATE integrity.idempotency_keys").unwrap();
-        assert!(lacks("k00102"), "an empty index lacks every key");
+        assert_eq!(look("k00102"), None, "an empty index has no entry");
     }
 
     const ORG: &str = "00000000-0000-0000-0000-0000000000d1";
