@@ -521,6 +521,12 @@ impl Rel {
     pub unsafe fn look(&self, index: usize, key: &[pg_sys::Datum]) -> Look {
         let n = key.len();
         let irel = self.open_btree(index, n);
+        // An index entry is formed from `key` alone: an index with INCLUDE
+        // columns (not integrity's own) gets the scan.
+        if (*(*irel).rd_index).indnatts as usize != n {
+            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return Look::Unsure;
+        }
         let mut values = [pg_sys::Datum::from(0); MAX_KEYS];
         let mut nulls = [false; MAX_KEYS];
         values[..n].copy_from_slice(key);
@@ -602,7 +608,8 @@ pub enum Look {
     /// marked dead), pointing at this heap TID.
     One(pg_sys::ItemPointerData),
     /// Something else (several entries, one marked dead or in a posting
-    /// list, or the key's entries may go on to the next page): scan.
+    /// list, the key's entries may go on to the next page, or the index
+    /// has INCLUDE columns): scan.
     Unsure,
 }
 
