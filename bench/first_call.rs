@@ -35,12 +35,10 @@ fn main() {
     let settings = shared::settings();
     let mut preload = settings.clone();
     preload.push("shared_preload_libraries=integrity".into());
-    let clusters: Vec<(&str, Cluster)> = [("on demand", &settings), ("preloaded", &preload)]
+    // On demand, then preloaded.
+    let clusters: Vec<Cluster> = [&settings, &preload]
         .into_iter()
-        .map(|(name, s)| {
-            let s: Vec<&str> = s.iter().map(String::as_str).collect();
-            (name, Cluster::start_with(&s))
-        })
+        .map(|s| Cluster::start_with(&s.iter().map(String::as_str).collect::<Vec<_>>()))
         .collect();
     let calls = [
         ("SELECT 1", "SELECT 1;\n".to_string()),
@@ -55,7 +53,7 @@ fn main() {
         ),
     ];
     let mut scripts = Vec::new();
-    for (_, c) in &clusters {
+    for c in &clusters {
         c.connect()
             .batch_execute(&format!(
                 "SELECT integrity.idem_begin('{ORG}', 'POST /orders', 'r', '{{\"amount\": 100}}');
@@ -75,7 +73,6 @@ fn main() {
         );
     }
     let pg: String = clusters[0]
-        .1
         .connect()
         .query_one("SHOW server_version", &[])
         .unwrap()
@@ -90,7 +87,7 @@ fn main() {
             let k = (j + round) % (clusters.len() * calls.len());
             let (c, i) = (k / calls.len(), k % calls.len());
             ms[c][i].push(shared::pgbench_connecting_ms(
-                &clusters[c].1,
+                &clusters[c],
                 &scripts[c][i],
                 connections,
             ));

@@ -115,9 +115,10 @@ fn pgbench_command(
     c
 }
 
-/// Run `cmd` (from `pgbench_command`) to its end; its standard output.
-/// A pgbench that failed, or aborted a client, stops the bench.
-fn pgbench_output(mut cmd: std::process::Command, script: &std::path::Path) -> String {
+/// Run `cmd` (from `pgbench_command`) to its end; its standard output and
+/// the transactions per second it printed. A pgbench that failed, or
+/// aborted a client, stops the bench.
+fn pgbench_output(mut cmd: std::process::Command, script: &std::path::Path) -> (String, f64) {
     let out = cmd.output().expect("run pgbench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -126,7 +127,9 @@ fn pgbench_output(mut cmd: std::process::Command, script: &std::path::Path) -> S
         "pgbench failed on {}:\n{stdout}\n{stderr}",
         script.display()
     );
-    stdout
+    let tps = pgbench_figure(&stdout, "tps = ")
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
+    (stdout, tps)
 }
 
 /// One pgbench run of `script` at `clients` clients (prepared statements,
@@ -143,10 +146,8 @@ pub fn pgbench_run(
     let before = cpu_ticks();
     let mut cmd = pgbench_command(cluster, script, clients, simple);
     cmd.arg("-T").arg(format!("{}", secs.ceil() as u64));
-    let stdout = pgbench_output(cmd, script);
+    let (stdout, tps) = pgbench_output(cmd, script);
     let after = cpu_ticks();
-    let tps = pgbench_figure(&stdout, "tps = ")
-        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
     let requests =
         pgbench_figure(&stdout, "number of transactions actually processed: ").unwrap_or(0.0);
     let d: Vec<f64> = (0..8)
@@ -180,8 +181,5 @@ pub fn pgbench_connecting_ms(
 ) -> f64 {
     let mut cmd = pgbench_command(cluster, script, 1, false);
     cmd.arg("-C").arg("-t").arg(transactions.to_string());
-    let stdout = pgbench_output(cmd, script);
-    let tps = pgbench_figure(&stdout, "tps = ")
-        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{stdout}"));
-    1000.0 / tps
+    1000.0 / pgbench_output(cmd, script).1
 }
