@@ -554,6 +554,13 @@ impl Rel {
             pg_sys::pfree(itup.cast());
             look
         });
+        // Counted as the index scan it stands in for would count itself
+        // (`pg_stat_user_indexes`: idx_scan, and idx_tup_read for the
+        // entry it found); an unsure look's scan counts itself.
+        if let (false, Some(counts)) = (matches!(look, Look::Unsure), index_counts(irel)) {
+            counts.t_numscans += 1;
+            counts.t_tuples_returned += matches!(look, Look::One(_)) as i64;
+        }
         pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
         look
     }
@@ -564,9 +571,11 @@ impl Rel {
     /// sees none.
     ///
     /// # Safety
-    /// As `fetch`; `tid` is from `look` on one of this table's indexes.
+    /// As `fetch`; `tid` is from `look` on the `index`th of this table's
+    /// indexes.
     pub unsafe fn fetch_tid<R>(
         &self,
+        index: usize,
         mut tid: pg_sys::ItemPointerData,
         snapshot: pg_sys::Snapshot,
         read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
@@ -594,10 +603,35 @@ impl Rel {
             end(scan);
             found
         });
+        if found {
+            // The row fetched through the entry, as idx_tup_fetch counts
+            // an index scan's (the index is open and locked since `look`).
+            let irel = pg_sys::index_open(
+                self.shape.indexes[index],
+                pg_sys::NoLock as pg_sys::LOCKMODE,
+            );
+            if let Some(counts) = index_counts(irel) {
+                counts.t_tuples_fetched += 1;
+            }
+            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
         let r = found.then(|| read(slot));
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         r
     }
+}
+
+/// The statistics counts of an open index for this transaction, as
+/// Postgres's `pgstat_count_index_scan` reaches them; `None` when its
+/// statistics are not counted (`track_counts = off`).
+///
+/// # Safety
+/// `irel` is open.
+unsafe fn index_counts<'a>(irel: pg_sys::Relation) -> Option<&'a mut pg_sys::PgStat_TableCounts> {
+    if (*irel).pgstat_info.is_null() && (*irel).pgstat_enabled {
+        pg_sys::pgstat_assoc_relation(irel);
+    }
+    (*irel).pgstat_info.as_mut().map(|info| &mut info.t_counts)
 }
 
 /// What `Rel::look` found for a key.

@@ -189,7 +189,7 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
         let keys = key_datums(k);
         let found = match (!xact_snapshot()).then(|| rel.look(PKEY, &keys)) {
             Some(Look::Absent) => None,
-            Some(Look::One(tid)) => rel.fetch_tid(tid, snapshot, read),
+            Some(Look::One(tid)) => rel.fetch_tid(PKEY, tid, snapshot, read),
             _ => rel.fetch(PKEY, &keys, snapshot, read),
         };
         pg_sys::UnregisterSnapshot(snapshot);
@@ -441,7 +441,7 @@ mod tests {
                 super::Look::Unsure => panic!("{key}: one plain entry, yet unsure"),
                 super::Look::One(tid) => {
                     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-                    let row = rel.fetch_tid(tid, snapshot, |slot| {
+                    let row = rel.fetch_tid(super::PKEY, tid, snapshot, |slot| {
                         pg_sys::slot_getallattrs(slot);
                         super::value(slot, rel.col(super::KEY))
                             .and_then(|d| String::from_datum(d, false))
@@ -493,6 +493,50 @@ mod tests {
         );
         Spi::run("TRUNCATE integrity.idempotency_keys").unwrap();
         assert_eq!(look("k00102"), None, "an empty index has no entry");
+    }
+
+    /// The primary key's statistics of this transaction: idx_scan,
+    /// idx_tup_read, idx_tup_fetch.
+    fn pkey_counts() -> (i64, i64, i64) {
+        Spi::get_three(
+            "SELECT pg_stat_get_xact_numscans(i), pg_stat_get_xact_tuples_returned(i),
+                    pg_stat_get_xact_tuples_fetched(i)
+             FROM (SELECT 'integrity.idempotency_keys_pkey'::regclass AS i) s",
+        )
+        .map(|(a, b, c)| (a.unwrap(), b.unwrap(), c.unwrap()))
+        .unwrap()
+    }
+
+    /// What `f` adds to the primary key's statistics.
+    fn pkey_counted(f: impl FnOnce()) -> (i64, i64, i64) {
+        let before = pkey_counts();
+        f();
+        let after = pkey_counts();
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+    }
+
+    /// idem_begin's one-descent look counts in `pg_stat_user_indexes` what
+    /// the index scan of a `SELECT` of the key counts: one scan, and for a
+    /// stored key its entry read and its row fetched.
+    #[pg_test]
+    fn the_look_is_counted_as_the_index_scan_it_replaces() {
+        Spi::run(&call("idem_begin", "counted", "'{}'")).unwrap();
+        Spi::run(&call("idem_complete", "counted", "200, '{}'")).unwrap();
+        Spi::run("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off").unwrap();
+        let select = |key: &str| {
+            format!(
+                "SELECT fingerprint FROM integrity.idempotency_keys
+                 WHERE org_id = '{ORG}' AND scope = 'POST /direct' AND key = '{key}'"
+            )
+        };
+        for (key, read) in [("counted", 1), ("never-begun", 0)] {
+            let by_scan = pkey_counted(|| Spi::run(&select(key)).unwrap());
+            assert_eq!(by_scan, (1, read, read), "{key}: the SELECT's index scan");
+            let by_look = pkey_counted(|| {
+                Spi::run(&call("idem_begin", key, "'{}'")).unwrap();
+            });
+            assert_eq!(by_look, by_scan, "{key}: idem_begin counts as the scan");
+        }
     }
 
     const ORG: &str = "00000000-0000-0000-0000-0000000000d1";
