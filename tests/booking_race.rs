@@ -42,9 +42,21 @@ fn resource(n: u32) -> String {
     format!("00000000-0000-0000-0000-{:012}", n)
 }
 
-/// Run one statement in its own transaction at `level`, retrying 40001/40P01.
+/// Run one statement in its own transaction at `level`, retrying 40001/40P01
+/// as a client should: at once the first time, then after a random pause
+/// that doubles up to 64 ms. Retrying at once, every time, can starve one
+/// transaction under SERIALIZABLE while 15 others keep committing (a cancel
+/// once lost 200 times in a row in CI). Still gives up after 200 retries,
+/// naming the last error, so a transaction that can never commit fails the
+/// test.
 fn call(c: &mut Client, level: &str, sql: &str, t: &mut Tally) -> Value {
-    for _ in 0..200 {
+    let mut last = String::new();
+    for attempt in 0..200u32 {
+        if attempt > 0 {
+            let cap_ms = 1u64 << attempt.min(6);
+            let pause = rand::thread_rng().gen_range(0..=cap_ms * 1000);
+            std::thread::sleep(std::time::Duration::from_micros(pause));
+        }
         let r = (|| -> Result<String, postgres::Error> {
             c.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}"))?;
             let row = c.query_one(sql, &[])?;
@@ -59,13 +71,14 @@ fn call(c: &mut Client, level: &str, sql: &str, t: &mut Tally) -> Value {
                 let code = e.code().map(|s| s.code().to_string()).unwrap_or_default();
                 if code == "40001" || code == "40P01" {
                     t.retries += 1;
+                    last = format!("{code}: {e}");
                     continue;
                 }
                 panic!("unexpected error from {sql}: {e}");
             }
         }
     }
-    panic!("gave up after 200 serialization retries: {sql}");
+    panic!("gave up after 200 serialization retries (last: {last}): {sql}");
 }
 
 /// Requests of one kind: short ones (15–90 minutes within a day) take the
