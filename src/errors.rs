@@ -150,14 +150,23 @@ pub fn required<T>(value: Option<T>, function: &'static str, arg: &'static str) 
     }
 }
 
-/// A required interval above zero, or 22004 / 22023 naming it.
+/// The longest interval `positive_interval` accepts, in years: added to
+/// any `now()` of this era it stays far inside timestamptz's range (to the
+/// year 294276), however its months fall.
+pub const MAX_INTERVAL_YEARS: i64 = 10_000;
+
+/// A required interval above zero and at most `MAX_INTERVAL_YEARS`, or
+/// 22004 / 22023 / 22008 naming it. The bound is checked here, in the call:
+/// the sum with `now()` is formed later (for an idempotency key, at its
+/// write, perhaps at COMMIT), where an overflow would name nothing.
 pub fn positive_interval(
     f: &'static str,
     arg: &'static str,
     i: Option<pgrx::datum::Interval>,
 ) -> pgrx::datum::Interval {
     let i = required(i, f, arg);
-    if i.as_micros() <= 0 {
+    let micros = i.as_micros();
+    if micros <= 0 {
         raise(
             Kind::InvalidParameter,
             f,
@@ -165,8 +174,23 @@ pub fn positive_interval(
             format!("Pass a positive interval for {arg}, such as '5 minutes'."),
         );
     }
+    // Months at 31 days, a year at 12 of them: the bound holds for every
+    // calendar month the interval may span.
+    let longest = i.months() as i128 * 31 * USECS_PER_DAY
+        + i.days().max(0) as i128 * USECS_PER_DAY
+        + i.micros().max(0) as i128;
+    if longest > MAX_INTERVAL_YEARS as i128 * 12 * 31 * USECS_PER_DAY {
+        raise(
+            Kind::DatetimeOutOfRange,
+            f,
+            format!("{arg} must be at most {MAX_INTERVAL_YEARS} years"),
+            format!("Pass an interval for {arg} such as '5 minutes' or '24 hours'."),
+        );
+    }
     i
 }
+
+const USECS_PER_DAY: i128 = 86_400_000_000;
 
 /// A required text argument of 1 to `max` bytes, or 22004 / 22023 naming it.
 #[track_caller]

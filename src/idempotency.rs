@@ -1108,6 +1108,21 @@ mod tests {
                 format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => NULL)"),
                 "22004",
             ),
+            // Huge: refused in the call, not when the key's row is written
+            // (at COMMIT for a key left unsettled), where now() + ttl
+            // would overflow.
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '1000000 years')"),
+                "22008",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => '178000000 years')"),
+                "22008",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '10001 years')"),
+                "22008",
+            ),
             (
                 format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{bad')"),
                 "22P02",

@@ -610,6 +610,10 @@ mod tests {
                 "22023",
             ),
             (
+                format!("SELECT integrity.saga_begin({ORG}, 'k', '{{}}', '1000000 years')"),
+                "22008",
+            ),
+            (
                 format!("SELECT integrity.saga_begin({ORG}, 'k', '{{}}', NULL)"),
                 "22004",
             ),
