@@ -881,6 +881,7 @@ fn free_slots(
             "Pass a positive interval such as '30 minutes' for slot.",
         );
     }
+    crate::errors::not_too_long(F, "slot", slot);
     let span_us = i64::from(upper) as i128 - i64::from(lower) as i128;
     let candidates = span_us / slot_us;
     if candidates > gucs::max_slots() as i128 {
@@ -1528,6 +1529,10 @@ mod tests {
             ),
             (fs(&format!("'{ORG}', '{RES}', {win}, '0 min'")), "22023"),
             (fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023"),
+            (
+                fs(&format!("'{ORG}', '{RES}', {win}, '1000000 years'")),
+                "22008",
+            ),
             // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.
             (fs(&format!("'{ORG}', '{RES}', {win}, '1 second'")), "22023"),
             (

@@ -586,6 +586,8 @@ fn breaker_configure(
     if open_for.as_micros() <= 0 {
         bad(format!("open_for must be above zero, got {open_for}"));
     }
+    // Added to now() when the breaker opens, in breaker_record.
+    let open_for = crate::errors::not_too_long(F, "open_for", open_for);
     if !(1..=10_000).contains(&half_open_calls) {
         bad(format!(
             "half_open_calls must be between 1 and 10000, got {half_open_calls}"
@@ -785,6 +787,11 @@ mod tests {
             (
                 "SELECT integrity.breaker_configure('k', open_for => '0')",
                 "22023",
+            ),
+            // Added to now() when the breaker opens: bounded here.
+            (
+                "SELECT integrity.breaker_configure('k', open_for => '1000000 years')",
+                "22008",
             ),
             (
                 "SELECT integrity.breaker_configure('k', half_open_calls => 0)",

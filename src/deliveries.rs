@@ -539,6 +539,7 @@ fn fail(
                 "Pass retry_in => '1 minute', or NULL for the backoff.",
             );
         }
+        crate::errors::not_too_long(F, "retry_in", r);
     }
     Spi::connect_mut(|client| {
         let (status, attempts, max_attempts, token, review, schedule) = {
@@ -724,6 +725,7 @@ fn purge_deliveries(
             "Pass the retention, e.g. '30 days'.",
         );
     }
+    let older_than = crate::errors::not_too_long(F, "older_than", older_than);
     let batch = required(batch_size, F, "batch_size");
     if !(1..=100_000).contains(&batch) {
         raise(
@@ -786,7 +788,10 @@ fn set_retry_schedule(event_type: Option<&str>, schedule: Option<Vec<Option<Inte
     let schedule = schedule.unwrap_or_default();
     for (i, s) in schedule.iter().enumerate() {
         match s {
-            Some(s) if s.as_micros() >= 0 => {}
+            // Each step is added to now() when a delivery fails.
+            Some(s) if s.as_micros() >= 0 => {
+                crate::errors::not_too_long(F, "each schedule step", *s);
+            }
             _ => raise(
                 Kind::InvalidParameter,
                 F,
@@ -1130,6 +1135,21 @@ mod tests {
             (
                 "SELECT integrity.fail(1, 'x', '-1 second')".to_string(),
                 "22023",
+            ),
+            // Intervals added to now() later (at this failure, at the next
+            // one for a schedule) are bounded in the call.
+            (
+                "SELECT integrity.fail(1, 'x', '1000000 years')".to_string(),
+                "22008",
+            ),
+            (
+                "SELECT integrity.set_retry_schedule('e', ARRAY['1 minute', '1000000 years']::interval[])"
+                    .to_string(),
+                "22008",
+            ),
+            (
+                "SELECT integrity.purge_deliveries('1000000 years')".to_string(),
+                "22008",
             ),
             ("SELECT integrity.requeue(NULL)".to_string(), "22004"),
             (

@@ -174,11 +174,24 @@ pub fn positive_interval(
             format!("Pass a positive interval for {arg}, such as '5 minutes'."),
         );
     }
+    not_too_long(f, arg, i)
+}
+
+/// `i` if it is at most `MAX_INTERVAL_YEARS` long (either way from zero),
+/// else 22008 naming it: an interval the call adds to or takes from
+/// `now()`, here or later (a breaker's `open_for` when it opens, a retry
+/// schedule's step when a delivery fails), where an overflow would name
+/// nothing.
+pub fn not_too_long(
+    f: &'static str,
+    arg: &'static str,
+    i: pgrx::datum::Interval,
+) -> pgrx::datum::Interval {
     // Months at 31 days, a year at 12 of them: the bound holds for every
     // calendar month the interval may span.
-    let longest = i.months() as i128 * 31 * USECS_PER_DAY
-        + i.days().max(0) as i128 * USECS_PER_DAY
-        + i.micros().max(0) as i128;
+    let longest = (i.months() as i128).abs() * 31 * USECS_PER_DAY
+        + (i.days() as i128).abs() * USECS_PER_DAY
+        + (i.micros() as i128).abs();
     if longest > MAX_INTERVAL_YEARS as i128 * 12 * 31 * USECS_PER_DAY {
         raise(
             Kind::DatetimeOutOfRange,

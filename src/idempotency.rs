@@ -701,6 +701,7 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
             "Omit it to remove every expired key, or pass e.g. '7 days' to keep expired keys a week longer.",
         );
     }
+    let older_than = crate::errors::not_too_long(F, "older_than", older_than);
     // Keys begun in this transaction are rows for the purge as well.
     pending::write_all();
     Spi::connect_mut(|client| {
@@ -1142,6 +1143,10 @@ mod tests {
             (
                 "SELECT integrity.purge_idempotency_keys('-1 day')".to_string(),
                 "22023",
+            ),
+            (
+                "SELECT integrity.purge_idempotency_keys('1000000 years')".to_string(),
+                "22008",
             ),
         ];
         for (sql, want) in cases {
