@@ -245,29 +245,6 @@ fn check_duration(f: &'static str, arg: &'static str, d: Interval) -> Interval {
     d
 }
 
-fn check_finite(
-    f: &'static str,
-    arg: &'static str,
-    t: TimestampWithTimeZone,
-) -> TimestampWithTimeZone {
-    if t.is_infinity() || t.is_neg_infinity() {
-        raise(
-            Kind::DatetimeOutOfRange,
-            f,
-            format!(
-                "{arg} must be a finite timestamp, got {}",
-                if t.is_infinity() {
-                    "infinity"
-                } else {
-                    "-infinity"
-                }
-            ),
-            format!("Pass a real point in time for {arg}."),
-        );
-    }
-    t
-}
-
 fn check_metadata(f: &'static str, m: Option<Jsonb>) -> Jsonb {
     let m = match m {
         Some(m) => m,
@@ -604,7 +581,8 @@ fn book(
     const F: &str = "integrity.book";
     let org_id = required(org_id, F, "org_id");
     let resource_id = required(resource_id, F, "resource_id");
-    let starts_at = check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
+    let starts_at =
+        crate::errors::check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
     let duration = check_duration(F, "duration", required(duration, F, "duration"));
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
@@ -740,7 +718,7 @@ fn reschedule(
 ) -> Jsonb {
     const F: &str = "integrity.reschedule";
     let booking_id = required(booking_id, F, "booking_id");
-    let new_starts_at = check_finite(
+    let new_starts_at = crate::errors::check_finite(
         F,
         "new_starts_at",
         required(new_starts_at, F, "new_starts_at"),
@@ -840,7 +818,8 @@ fn slot_available(
     const F: &str = "integrity.slot_available";
     let org_id = required(org_id, F, "org_id");
     let resource_id = required(resource_id, F, "resource_id");
-    let starts_at = check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
+    let starts_at =
+        crate::errors::check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
     let duration = check_duration(F, "duration", required(duration, F, "duration"));
     Spi::connect(|client| {
         let args = [

@@ -130,6 +130,9 @@ fn enqueue(
     if let Some(k) = ordering_key {
         text_arg(F, "ordering_key", Some(k), 255);
     }
+    // NULL: now. Infinity would never run, and -infinity would sort first
+    // forever: neither is a time to run at.
+    let run_at = run_at.map(|t| crate::errors::check_finite(F, "run_at", t));
     let (id, duplicate) = Spi::connect_mut(|client| {
         if let Some(k) = ordering_key {
             // Enqueues of one key take turns, so ids follow commit order.
@@ -1115,6 +1118,14 @@ mod tests {
             (
                 format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', ordering_key => '')"),
                 "22023",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', run_at => 'infinity')"),
+                "22008",
+            ),
+            (
+                format!("SELECT integrity.enqueue({ORG}, 'j', 'e', '{{}}', run_at => '-infinity')"),
+                "22008",
             ),
             ("SELECT integrity.claim(NULL)".to_string(), "22004"),
             ("SELECT integrity.claim('')".to_string(), "22023"),

@@ -350,3 +350,27 @@ pub fn caught(e: pgrx::pg_sys::panic::CaughtError) -> Caught {
         },
     }
 }
+
+/// A finite timestamp, or 22008 naming it.
+pub fn check_finite(
+    f: &'static str,
+    arg: &'static str,
+    t: pgrx::datum::TimestampWithTimeZone,
+) -> pgrx::datum::TimestampWithTimeZone {
+    if t.is_infinity() || t.is_neg_infinity() {
+        raise(
+            Kind::DatetimeOutOfRange,
+            f,
+            format!(
+                "{arg} must be a finite timestamp, got {}",
+                if t.is_infinity() {
+                    "infinity"
+                } else {
+                    "-infinity"
+                }
+            ),
+            format!("Pass a real point in time for {arg}."),
+        );
+    }
+    t
+}
