@@ -230,6 +230,20 @@ fn key_args<'a>(
             "Name what the key is for, such as 'POST /charges'.",
         );
     }
+    // Bounded as the key is: both go into the primary key's entries, whose
+    // limit (2704 bytes) a long scope would otherwise reach only when the
+    // key's row is written, perhaps at COMMIT.
+    if scope.len() > MAX_KEY_BYTES {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "scope must be at most {MAX_KEY_BYTES} bytes, got {}",
+                scope.len()
+            ),
+            "Name what the key is for, such as 'POST /charges'.",
+        );
+    }
     if key.is_empty() {
         raise(
             Kind::InvalidParameter,
@@ -1087,6 +1101,10 @@ mod tests {
             ),
             (
                 format!("SELECT integrity.idem_begin('{ORG}', 's', '', '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', '{long}', 'k', '{{}}')"),
                 "22023",
             ),
             (

@@ -112,6 +112,7 @@ SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /charg
 SELECT pg_temp.try($$SELECT integrity.idem_begin(NULL, 'POST /x', 'k', '{}')$$) AS null_org;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', NULL, 'k', '{}')$$) AS null_scope;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', '', 'k', '{}')$$) AS empty_scope;
+SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', repeat('s', 256), 'k', '{}')$$) AS scope_of_256_bytes;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', NULL, '{}')$$) AS null_key;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', '', '{}')$$) AS empty_key;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', repeat('k', 255), '{}')$$) AS key_of_255_bytes;
