@@ -220,50 +220,56 @@ fn key_args<'a>(
     key: Option<&'a str>,
 ) -> Key<'a> {
     let org_id = required(org_id, f, "org_id");
-    let scope = required(scope, f, "scope");
-    let key = required(key, f, "key");
-    if scope.is_empty() {
-        raise(
-            Kind::InvalidParameter,
-            f,
-            "scope must not be empty",
-            "Name what the key is for, such as 'POST /charges'.",
-        );
-    }
-    // Bounded as the key is: both go into the primary key's entries, whose
-    // limit (2704 bytes) a long scope would otherwise reach only when the
-    // key's row is written, perhaps at COMMIT.
-    if scope.len() > MAX_KEY_BYTES {
-        raise(
-            Kind::InvalidParameter,
-            f,
-            format!(
-                "scope must be at most {MAX_KEY_BYTES} bytes, got {}",
-                scope.len()
-            ),
-            "Name what the key is for, such as 'POST /charges'.",
-        );
-    }
-    if key.is_empty() {
-        raise(
-            Kind::InvalidParameter,
-            f,
-            "key must not be empty",
-            "Pass the client's Idempotency-Key, 1 to 255 bytes.",
-        );
-    }
-    if key.len() > MAX_KEY_BYTES {
-        raise(
-            Kind::InvalidParameter,
-            f,
-            format!(
-                "key must be at most {MAX_KEY_BYTES} bytes, got {}",
-                key.len()
-            ),
-            "Use a UUID or another short unique string as the idempotency key.",
-        );
-    }
+    // Both bounded: they go into the primary key's entries, whose limit
+    // (2704 bytes) a long one would otherwise reach only when the key's
+    // row is written, perhaps at COMMIT.
+    let scope = key_part(
+        f,
+        "scope",
+        scope,
+        "Name what the key is for, such as 'POST /charges'.",
+        "Name what the key is for, such as 'POST /charges'.",
+    );
+    let key = key_part(
+        f,
+        "key",
+        key,
+        "Pass the client's Idempotency-Key, 1 to 255 bytes.",
+        "Use a UUID or another short unique string as the idempotency key.",
+    );
     Key { org_id, scope, key }
+}
+
+/// A scope or key: given, not empty, at most `MAX_KEY_BYTES`; else
+/// 22004 / 22023 with the hint for that case.
+fn key_part<'a>(
+    f: &'static str,
+    arg: &'static str,
+    v: Option<&'a str>,
+    if_empty: &str,
+    if_long: &str,
+) -> &'a str {
+    let v = required(v, f, arg);
+    if v.is_empty() {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("{arg} must not be empty"),
+            if_empty,
+        );
+    }
+    if v.len() > MAX_KEY_BYTES {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "{arg} must be at most {MAX_KEY_BYTES} bytes, got {}",
+                v.len()
+            ),
+            if_long,
+        );
+    }
+    v
 }
 
 /// The key's lock: the advisory lock

@@ -6,16 +6,7 @@ SET DateStyle = 'ISO, YMD';
 SET IntervalStyle = 'postgres';
 BEGIN;
 CREATE EXTENSION integrity CASCADE;
--- Shows a failing statement's SQLSTATE, message and hint.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE st text; msg text; hint text;
-BEGIN
-  EXECUTE q;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-  RETURN st || ' ' || msg || coalesce(E'\nHINT: ' || nullif(hint, ''), '');
-END $$;
+\i test/try.psql
 
 -- A booking, a conflicting one (data, not an exception), an adjacent one.
 SELECT r - 'booking_id' AS booked

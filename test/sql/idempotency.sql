@@ -6,16 +6,7 @@
 SET client_min_messages = warning;
 SET TimeZone = 'UTC';
 CREATE EXTENSION integrity CASCADE;
--- Shows a failing statement's SQLSTATE, message and hint.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE st text; msg text; hint text;
-BEGIN
-  EXECUTE q;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-  RETURN st || ' ' || msg || coalesce(E'\nHINT: ' || nullif(hint, ''), '');
-END $$;
+\i test/try.psql
 CREATE TABLE charges (id serial PRIMARY KEY, amount int NOT NULL);
 
 -- Single-transaction use (README): begin, the business write, complete.
