@@ -556,30 +556,35 @@ impl Rel {
         });
         // Counted as the index scan it stands in for would count itself
         // (`pg_stat_user_indexes`: idx_scan, and idx_tup_read for the
-        // entry it found); an unsure look's scan counts itself.
+        // entry it found); an unsure look's scan counts itself. The entry
+        // keeps the counts for `fetch_tid`'s idx_tup_fetch.
+        let mut look = look;
         if let (false, Some(counts)) = (matches!(look, Look::Unsure), index_counts(irel)) {
             counts.t_numscans += 1;
-            counts.t_tuples_returned += matches!(look, Look::One(_)) as i64;
+            if let Look::One(entry) = &mut look {
+                counts.t_tuples_returned += 1;
+                entry.counts = counts;
+            }
         }
         pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
         look
     }
 
-    /// The row the index entry `tid` points to (the visible member of its
+    /// The row the index entry points to (the visible member of its
     /// HOT chain), as `snapshot` sees it, handed to `read` while its slot
     /// holds it, as `fetch` hands a row it found; `None` when `snapshot`
     /// sees none.
     ///
     /// # Safety
-    /// As `fetch`; `tid` is from `look` on the `index`th of this table's
-    /// indexes.
+    /// As `fetch`; `entry` is from `look` on one of this table's indexes,
+    /// in this call.
     pub unsafe fn fetch_tid<R>(
         &self,
-        index: usize,
-        mut tid: pg_sys::ItemPointerData,
+        entry: Entry,
         snapshot: pg_sys::Snapshot,
         read: impl FnOnce(*mut pg_sys::TupleTableSlot) -> R,
     ) -> Option<R> {
+        let mut tid = entry.tid;
         let slot = pg_sys::table_slot_create(self.raw, null_mut());
         let am = (*self.raw).rd_tableam;
         let (Some(begin), Some(fetch), Some(end)) = (
@@ -603,17 +608,10 @@ impl Rel {
             end(scan);
             found
         });
-        if found {
-            // The row fetched through the entry, as idx_tup_fetch counts
-            // an index scan's (the index is open and locked since `look`).
-            let irel = pg_sys::index_open(
-                self.shape.indexes[index],
-                pg_sys::NoLock as pg_sys::LOCKMODE,
-            );
-            if let Some(counts) = index_counts(irel) {
-                counts.t_tuples_fetched += 1;
-            }
-            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        // The row fetched through the entry, as idx_tup_fetch counts an
+        // index scan's.
+        if let (true, Some(counts)) = (found, entry.counts.as_mut()) {
+            counts.t_tuples_fetched += 1;
         }
         let r = found.then(|| read(slot));
         pg_sys::ExecDropSingleTupleTableSlot(slot);
@@ -634,13 +632,22 @@ unsafe fn index_counts<'a>(irel: pg_sys::Relation) -> Option<&'a mut pg_sys::PgS
     (*irel).pgstat_info.as_mut().map(|info| &mut info.t_counts)
 }
 
+/// The one entry `Rel::look` found: the heap TID it points to, and the
+/// index's statistics counts for this transaction (null when not counted),
+/// which live in the statistics' pending memory until the transaction's
+/// counts are reported, after it ends.
+pub struct Entry {
+    pub tid: pg_sys::ItemPointerData,
+    counts: *mut pg_sys::PgStat_TableCounts,
+}
+
 /// What `Rel::look` found for a key.
 pub enum Look {
     /// No entry equals the key.
     Absent,
     /// Exactly one entry equals it, a plain one (not a posting list, not
-    /// marked dead), pointing at this heap TID.
-    One(pg_sys::ItemPointerData),
+    /// marked dead).
+    One(Entry),
     /// Something else (several entries, one marked dead or in a posting
     /// list, the key's entries may go on to the next page, or the index
     /// has INCLUDE columns): scan.
@@ -755,7 +762,10 @@ mod nbtree {
         {
             return Look::Unsure;
         }
-        Look::One((*item).t_tid)
+        Look::One(super::Entry {
+            tid: (*item).t_tid,
+            counts: std::ptr::null_mut(),
+        })
     }
 }
 

@@ -165,8 +165,7 @@ pub fn positive_interval(
     i: Option<pgrx::datum::Interval>,
 ) -> pgrx::datum::Interval {
     let i = required(i, f, arg);
-    let micros = i.as_micros();
-    if micros <= 0 {
+    if i.as_micros() <= 0 {
         raise(
             Kind::InvalidParameter,
             f,

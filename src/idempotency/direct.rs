@@ -189,7 +189,7 @@ pub fn peek(rel: &Rel, k: &Key<'_>, fingerprint: &str) -> Option<Peek> {
         let keys = key_datums(k);
         let found = match (!xact_snapshot()).then(|| rel.look(PKEY, &keys)) {
             Some(Look::Absent) => None,
-            Some(Look::One(tid)) => rel.fetch_tid(PKEY, tid, snapshot, read),
+            Some(Look::One(entry)) => rel.fetch_tid(entry, snapshot, read),
             _ => rel.fetch(PKEY, &keys, snapshot, read),
         };
         pg_sys::UnregisterSnapshot(snapshot);
@@ -439,9 +439,9 @@ mod tests {
             match rel.look(super::PKEY, &super::key_datums(&k)) {
                 super::Look::Absent => None,
                 super::Look::Unsure => panic!("{key}: one plain entry, yet unsure"),
-                super::Look::One(tid) => {
+                super::Look::One(entry) => {
                     let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-                    let row = rel.fetch_tid(super::PKEY, tid, snapshot, |slot| {
+                    let row = rel.fetch_tid(entry, snapshot, |slot| {
                         pg_sys::slot_getallattrs(slot);
                         super::value(slot, rel.col(super::KEY))
                             .and_then(|d| String::from_datum(d, false))
