@@ -50,6 +50,31 @@ pub fn plus(now: pg_sys::TimestampTz, interval: Interval) -> pg_sys::Datum {
     }
 }
 
+/// Postgres functions that cannot raise an ERROR (they read backend state
+/// and allocate nothing), called without the guard pgrx puts around each
+/// call into Postgres (a `sigsetjmp` and its trampolines, about 90
+/// instructions). The guard is there so that an ERROR's `longjmp` does not
+/// skip Rust frames; these never make one. The hot paths call them a dozen
+/// times a request.
+pub mod plain {
+    use pgrx::pg_sys;
+    use std::ffi::{c_char, c_int};
+
+    unsafe extern "C" {
+        pub fn GetCurrentTimestamp() -> pg_sys::TimestampTz;
+        pub fn GetCurrentSubTransactionId() -> pg_sys::SubTransactionId;
+        pub fn GetUserId() -> pg_sys::Oid;
+        pub fn GetUserIdAndSecContext(userid: *mut pg_sys::Oid, sec_context: *mut c_int);
+        /// Only with `missing_ok` and not `restrict_privileged`: the two
+        /// ways it can raise (a missing setting, a privileged one) are off.
+        pub fn GetConfigOption(
+            name: *const c_char,
+            missing_ok: bool,
+            restrict_privileged: bool,
+        ) -> *const c_char;
+    }
+}
+
 /// One of integrity's tables, as integrity creates it.
 pub struct Spec {
     /// This table's slot in the backend's caches; unique per table.
@@ -142,6 +167,10 @@ struct Indexes {
     infos: Vec<*mut pg_sys::IndexInfo>,
 }
 
+/// A table's indexes (or what is kept for each), without a heap
+/// allocation on the hot paths.
+type Kept<T> = smallvec::SmallVec<[T; MAX_INDEXES]>;
+
 thread_local! {
     static SHAPES: [Cell<Option<Shape>>; TABLES] = const { [const { Cell::new(None) }; TABLES] };
     static INDEXES: [RefCell<Option<Indexes>>; TABLES] = const { [const { RefCell::new(None) }; TABLES] };
@@ -218,6 +247,8 @@ pub struct Rel {
     pub raw: pg_sys::Relation,
     shape: Shape,
     spec: &'static Spec,
+    /// The lock it was opened with.
+    lockmode: pg_sys::LOCKMODE,
 }
 
 impl Rel {
@@ -271,6 +302,7 @@ impl Rel {
                 raw: rel,
                 shape,
                 spec,
+                lockmode,
             }
         }
     }
@@ -343,7 +375,7 @@ impl Rel {
         // SAFETY: privilege and RLS checks by OID; check_enable_rls with
         // noError = false raises what a statement would (row_security = off).
         unsafe {
-            let user = pg_sys::GetUserId();
+            let user = plain::GetUserId();
             if pg_sys::pg_class_aclmask(
                 self.shape.table,
                 user,
@@ -491,11 +523,18 @@ impl Rel {
         r
     }
 
-    /// The `index`th of `Spec::indexes`, opened ACCESS SHARE (closed by
-    /// the caller, keeping the lock): a B-tree whose `n` key columns we know
-    /// equality for, or a bug.
+    /// The `index`th of `Spec::indexes` (closed by the caller, keeping the
+    /// lock): a B-tree whose `n` key columns we know equality for, or a
+    /// bug. Opened ACCESS SHARE, as a scan opens it; ROW EXCLUSIVE when
+    /// the table is open for writing, as the executor opens a result
+    /// relation's indexes, so that a look before a write and the write's
+    /// insert into the index take one lock, not two.
     unsafe fn open_btree(&self, index: usize, n: usize) -> pg_sys::Relation {
-        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let lock = if self.lockmode >= pg_sys::RowExclusiveLock as pg_sys::LOCKMODE {
+            pg_sys::RowExclusiveLock as pg_sys::LOCKMODE
+        } else {
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE
+        };
         let irel = pg_sys::index_open(self.shape.indexes[index], lock);
         let procs = &self.shape.eq_procs[index];
         if (*(*irel).rd_rel).relam != pg_sys::BTREE_AM_OID
@@ -800,7 +839,7 @@ fn tenant_in_scope(org_id: Uuid) -> bool {
     // SAFETY: GetConfigOption returns the setting's current string or NULL;
     // uuid_in parses it, raising 22P02 as the policy's cast would.
     unsafe {
-        let p = pg_sys::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        let p = plain::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
         if p.is_null() || *p == 0 {
             return true;
         }
@@ -994,7 +1033,7 @@ unsafe fn only_listed_checks(spec: &Spec, rel: pg_sys::Relation) -> bool {
 unsafe fn kept_indexes(
     slot: usize,
     rel: pg_sys::Relation,
-) -> Option<(Vec<Oid>, Vec<*mut pg_sys::IndexInfo>)> {
+) -> Option<(Kept<Oid>, Kept<*mut pg_sys::IndexInfo>)> {
     if STALE.with(|c| c[slot].replace(false)) {
         if let Some(old) = INDEXES.with(|c| c[slot].borrow_mut().take()) {
             pg_sys::MemoryContextDelete(old.cxt);
@@ -1005,7 +1044,7 @@ unsafe fn kept_indexes(
         c[slot]
             .borrow()
             .as_ref()
-            .map(|i| (i.oids.clone(), i.infos.clone()))
+            .map(|i| (Kept::from_slice(&i.oids), Kept::from_slice(&i.infos)))
     }) {
         // Empty infos: the table has an index we keep no state for.
         return (!kept.1.is_empty()).then_some(kept);
@@ -1070,8 +1109,9 @@ unsafe fn kept_indexes(
     let mut padded = [Oid::INVALID; MAX_INDEXES];
     padded[..oids.len()].copy_from_slice(&oids);
     INDEX_OIDS.with(|c| c[slot].set(padded));
-    remember(cxt, oids.clone(), infos.clone());
-    Some((oids, infos))
+    let kept = (Kept::from_slice(&oids), Kept::from_slice(&infos));
+    remember(cxt, oids, infos);
+    Some(kept)
 }
 
 /// The table's indexes, opened and locked (ROW EXCLUSIVE, as
@@ -1088,11 +1128,11 @@ unsafe fn kept_indexes(
 unsafe fn open_kept_indexes(
     slot: usize,
     rel: pg_sys::Relation,
-) -> Option<(Vec<pg_sys::Relation>, Vec<*mut pg_sys::IndexInfo>)> {
+) -> Option<(Kept<pg_sys::Relation>, Kept<*mut pg_sys::IndexInfo>)> {
     let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     for _ in 0..3 {
         let (oids, _) = kept_indexes(slot, rel)?;
-        let descs: Vec<pg_sys::Relation> = oids
+        let descs: Kept<pg_sys::Relation> = oids
             .iter()
             .map(|&oid| pg_sys::index_open(oid, lock))
             .collect();

@@ -16,7 +16,7 @@ use crate::direct::xact_snapshot;
 use crate::errors::{raise, required, Kind, OrBug};
 use crate::jsonb::Builder;
 use crate::jsonb::Jsonb;
-use crate::keys::{advisory_lock, advisory_unlock, fingerprint_of, lock_key_of, uuid_text};
+use crate::keys::{advisory_lock, advisory_unlock, fingerprint_of_jsonb, lock_key_of, uuid_text};
 use crate::plans::{pinned, run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, Oid};
@@ -307,7 +307,7 @@ fn started() -> Jsonb {
 /// The clock, as clock_timestamp() reads it.
 fn now() -> pg_sys::TimestampTz {
     // SAFETY: reads the system clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+    unsafe { crate::direct::plain::GetCurrentTimestamp() }
 }
 
 /// `t` as a timestamptz argument.
@@ -509,7 +509,7 @@ fn idem_begin(
     let request = required(request, F, "request");
     let lease = crate::errors::positive_interval(F, "lease", lease);
     let ttl = crate::errors::positive_interval(F, "ttl", ttl);
-    let fingerprint = fingerprint_of(request.text().as_bytes());
+    let fingerprint = fingerprint_of_jsonb(&request);
 
     // The key's lock, to the end of the transaction: a duplicate waits
     // here while the key is being begun, worked on and settled.

@@ -81,6 +81,23 @@ impl Jsonb {
         }
     }
 
+    /// Postgres's text form of the value, as `jsonb_out` prints it, handed
+    /// to `f` as bytes: no copy into a `String` and no UTF-8 check on the
+    /// way (what a fingerprint hashes).
+    pub fn with_text<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: what jsonb_out does: the detoasted value's root container
+        // printed by JsonbToCString into a palloc'd C string, which is
+        // freed once `f` has read it.
+        unsafe {
+            let j = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+            let len = pgrx::varlena::varsize_any(j.cast()) as i32;
+            let out = pg_sys::JsonbToCString(std::ptr::null_mut(), &raw mut (*j).root, len);
+            let r = f(CStr::from_ptr(out).to_bytes());
+            pg_sys::pfree(out.cast());
+            r
+        }
+    }
+
     /// Whether the value is a JSON object (the root container's flag; no
     /// text is made).
     pub fn is_object(&self) -> bool {

@@ -29,12 +29,23 @@ pgrx::extension_sql_file!(
 /// `lock_key` over Rust strings; also used by other modules to derive the
 /// advisory-lock key they document.
 pub fn lock_key_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> i64 {
-    let mut h = SipHasher24::new_with_key(SIPHASH_KEY);
+    // The hasher's input gathered first and written once: SipHash over
+    // one buffer is the same as over its pieces, at a third of the cost
+    // for the short pieces a key is made of.
+    let mut input = smallvec::SmallVec::<[u8; 512]>::new();
     for part in parts {
-        h.write(&(part.len() as u32).to_le_bytes());
-        h.write(part);
+        input.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        input.extend_from_slice(part);
     }
+    let mut h = SipHasher24::new_with_key(SIPHASH_KEY);
+    h.write(&input);
     h.finish() as i64
+}
+
+/// `fingerprint` of a jsonb value: its text form's bytes hashed where
+/// Postgres printed them.
+pub fn fingerprint_of_jsonb(request: &Jsonb) -> String {
+    request.with_text(fingerprint_of)
 }
 
 /// Lowercase hex digits, for the text forms below (`fmt` costs more than
@@ -160,7 +171,7 @@ fn lock_key(parts: Option<VariadicArray<'_, &str>>) -> i64 {
 #[search_path(pg_catalog, pg_temp)]
 fn fingerprint(request: Option<Jsonb>) -> String {
     let request = required(request, "integrity.fingerprint", "request");
-    fingerprint_of(request.text().as_bytes())
+    fingerprint_of_jsonb(&request)
 }
 
 #[cfg(test)]

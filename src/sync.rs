@@ -11,7 +11,7 @@
 
 use crate::errors::{raise, required, text_arg, Kind};
 use crate::jsonb::{Builder, Jsonb};
-use crate::keys::{fingerprint_of, lock_key_of, uuid_text};
+use crate::keys::{fingerprint_of_jsonb, lock_key_of, uuid_text};
 use crate::plans::{read, run, Stmt};
 use pgrx::datum::{Interval, Uuid};
 use pgrx::pg_sys;
@@ -177,7 +177,7 @@ fn sync_start(
             "Pass the time one sync may take, e.g. lease => '5 minutes'.",
         );
     }
-    let fp = fingerprint_of(payload.text().as_bytes());
+    let fp = fingerprint_of_jsonb(&payload);
     let org = uuid_text(l.org_id.as_bytes());
     crate::keys::advisory_lock(
         lock_key_of([

@@ -17,6 +17,7 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 
 use super::Key;
+use crate::direct::plain;
 
 /// A key begun in this transaction, not written yet.
 #[derive(Clone)]
@@ -88,7 +89,7 @@ pub fn add(
     }
     let (mut user, mut security) = (pg_sys::Oid::INVALID, 0);
     // SAFETY: reads the current user and security context.
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut security) };
+    unsafe { plain::GetUserIdAndSecContext(&mut user, &mut security) };
     let p = Pending {
         org_id: k.org_id,
         scope: k.scope.to_string(),
@@ -98,7 +99,7 @@ pub fn add(
         ttl,
         begun,
         // SAFETY: reads of this backend's transaction state.
-        subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        subxact: unsafe { plain::GetCurrentSubTransactionId() },
         lxid: lxid(),
         written_in: None,
         user,
@@ -114,7 +115,7 @@ pub fn add(
 pub fn take(k: &Key<'_>) -> Option<Pending> {
     let now = lxid();
     // SAFETY: reads this backend's transaction state.
-    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let sub = unsafe { plain::GetCurrentSubTransactionId() };
     PENDING.with(|v| {
         let mut v = v.borrow_mut();
         let p = v
@@ -140,7 +141,7 @@ fn has_pending() -> bool {
 pub fn write_all() {
     let now = lxid();
     // SAFETY: reads this backend's transaction state.
-    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let sub = unsafe { plain::GetCurrentSubTransactionId() };
     loop {
         // One at a time, with no borrow held while it is written.
         let next = PENDING.with(|v| {
@@ -162,7 +163,7 @@ pub fn write_all() {
 fn org_setting() -> Option<std::ffi::CString> {
     // SAFETY: GetConfigOption returns the setting's string or NULL.
     unsafe {
-        let p = pg_sys::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        let p = plain::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
         (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_owned())
     }
 }
