@@ -148,9 +148,25 @@ SELECT c.name,
 COMMENT ON VIEW integrity.check_status IS
 'Each check with its state: ok, failing (open alerts), error (last run failed), disabled or never_run; and its last run.';
 
+-- PL/pgSQL for the checks on `since` (an SQL function cannot raise): a
+-- negative one would report from a moment in the future, and one that
+-- reaches before 4713 BC failed with Postgres's bare "timestamp out of
+-- range". The bound is the one integrity's Rust functions use.
 CREATE FUNCTION integrity.consistency_report(since interval DEFAULT '1 day')
-RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+IF since < interval '0' THEN
+    RAISE EXCEPTION 'integrity.consistency_report: since must not be negative, got %', since
+        USING ERRCODE = '22023',
+              HINT = 'Pass how far back the report reaches, such as ''1 day'' or ''7 days''.';
+END IF;
+IF since > interval '1000 years' THEN
+    RAISE EXCEPTION 'integrity.consistency_report: since must be at most 1000 years'
+        USING ERRCODE = '22008',
+              HINT = 'Pass how far back the report reaches, such as ''1 day'' or ''7 days''.';
+END IF;
+RETURN (
 WITH w AS (SELECT now() - coalesce(since, interval '1 day') AS t),
 runs AS (
     SELECT r.check_name,
@@ -203,7 +219,8 @@ SELECT jsonb_build_object(
         SELECT CASE WHEN sum(r.checked) > 0
                     THEN round(1 - sum(r.violations)::numeric / sum(r.checked), 6) END
           FROM integrity.check_runs r, w
-         WHERE r.started_at >= w.t AND r.checked IS NOT NULL AND r.error IS NULL))
+         WHERE r.started_at >= w.t AND r.checked IS NOT NULL AND r.error IS NULL)));
+END
 $$;
 COMMENT ON FUNCTION integrity.consistency_report(interval) IS
 'The daily report, as jsonb: per check its runs, violations, alerts, fixes and consistency rate; open alerts by severity; the share of alerts auto-corrected; and the consistency rate over checks that count what they looked at (1 - violations / checked).';

@@ -125,8 +125,22 @@ CREATE FUNCTION integrity.delivery_stats(range interval DEFAULT '24 hours')
 RETURNS TABLE (event_type text, total bigint, completed bigint, failed bigint, dead_letter bigint,
                success_rate numeric, p50_ms double precision, p95_ms double precision,
                p99_ms double precision, avg_attempts numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+-- PL/pgSQL for the checks on `range`, as integrity.consistency_report.
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+IF range < interval '0' THEN
+    RAISE EXCEPTION 'integrity.delivery_stats: range must not be negative, got %', range
+        USING ERRCODE = '22023',
+              HINT = 'Pass how far back the statistics reach, such as ''24 hours'' or ''7 days''.';
+END IF;
+IF range > interval '1000 years' THEN
+    RAISE EXCEPTION 'integrity.delivery_stats: range must be at most 1000 years'
+        USING ERRCODE = '22008',
+              HINT = 'Pass how far back the statistics reach, such as ''24 hours'' or ''7 days''.';
+END IF;
+RETURN QUERY
 SELECT d.event_type,
        count(*),
        count(*) FILTER (WHERE d.status = 'completed'),
@@ -141,7 +155,8 @@ SELECT d.event_type,
   FROM integrity.deliveries d
  WHERE d.created_at >= now() - coalesce(range, interval '24 hours')
  GROUP BY d.event_type
- ORDER BY d.event_type
+ ORDER BY d.event_type;
+END
 $$;
 COMMENT ON FUNCTION integrity.delivery_stats(interval) IS
 'Per event type, over deliveries enqueued within range: totals per status, success rate (completed / (completed + dead_letter)), p50/p95/p99 processing ms of completed ones (claim to completion), and average attempts.';

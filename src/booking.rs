@@ -416,21 +416,15 @@ fn note_claim_outcome(taken: bool) {
 }
 
 /// `starts_at + duration` as Postgres computes it (calendar-aware, in the
-/// session's time zone); 22023 unless it is after `starts_at`.
+/// session's time zone); 22008 naming `what` past timestamptz's range;
+/// 22023 unless it is after `starts_at`.
 fn end_of(
     f: &'static str,
+    what: &str,
     starts_at: TimestampWithTimeZone,
     duration: Interval,
 ) -> TimestampWithTimeZone {
-    // SAFETY: timestamptz_pl_interval takes a timestamptz and an interval;
-    // it raises 22008 itself when the result is out of range.
-    let end = unsafe {
-        direct_function_call::<TimestampWithTimeZone>(
-            pg_sys::timestamptz_pl_interval,
-            &[starts_at.into_datum(), duration.into_datum()],
-        )
-    }
-    .unwrap_or(starts_at);
+    let end = crate::errors::timestamp_plus(f, what, starts_at, duration);
     if i64::from(end) <= i64::from(starts_at) {
         raise(
             Kind::InvalidParameter,
@@ -587,7 +581,7 @@ fn book(
     let metadata = check_metadata(F, metadata);
     let wait = required(wait, F, "wait");
 
-    let ends_at = end_of(F, starts_at, duration);
+    let ends_at = end_of(F, "starts_at + duration", starts_at, duration);
     let span = Range::new(
         RangeBound::Inclusive(starts_at),
         RangeBound::Exclusive(ends_at),
@@ -762,6 +756,7 @@ fn reschedule(
         let Some(duration) = new_duration.or(old_duration) else {
             return outcome("not_found");
         };
+        end_of(F, "new_starts_at + duration", new_starts_at, duration);
 
         // Under the exclusive lock this sees every booking made through
         // integrity.* (READ COMMITTED); the ON CONFLICT below covers writers
@@ -821,6 +816,7 @@ fn slot_available(
     let starts_at =
         crate::errors::check_finite(F, "starts_at", required(starts_at, F, "starts_at"));
     let duration = check_duration(F, "duration", required(duration, F, "duration"));
+    end_of(F, "starts_at + duration", starts_at, duration);
     Spi::connect(|client| {
         let args = [
             org_id.into(),
@@ -861,6 +857,8 @@ fn free_slots(
         );
     }
     crate::errors::not_too_long(F, "slot", slot);
+    // The candidates run up to the window's end and one slot past it.
+    crate::errors::timestamp_plus(F, "the window's end + slot", upper, slot);
     let span_us = i64::from(upper) as i128 - i64::from(lower) as i128;
     let candidates = span_us / slot_us;
     if candidates > gucs::max_slots() as i128 {
@@ -1286,6 +1284,45 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_span_past_the_end_of_time_is_refused_by_name() {
+        // Postgres's own error from inside the sum would name nothing (and
+        // come through pgrx with a Rust backtrace where RUST_BACKTRACE is
+        // set); ours names the sum, and the booking stays as it was.
+        let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
+        let end = "'294276-12-31 23:30+00'";
+        for (sql, what) in [
+            (
+                format!("SELECT integrity.book('{ORG}', '{RES}', {end}, '1 hour')"),
+                "starts_at + duration",
+            ),
+            (
+                format!("SELECT integrity.slot_available('{ORG}', '{RES}', {end}, '1 hour')"),
+                "starts_at + duration",
+            ),
+            (
+                format!("SELECT integrity.reschedule('{}', {end})", id(&a)),
+                "new_starts_at + duration",
+            ),
+        ] {
+            assert_eq!(sqlstate(&sql), "22008", "{sql}");
+            let m = crate::testutil::error_message(&sql);
+            assert!(
+                m.contains(&format!("{what} is past the end of timestamptz's range")),
+                "{sql}: {m}"
+            );
+        }
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT status::text FROM integrity.bookings WHERE id = '{}'",
+                id(&a)
+            ))
+            .unwrap()
+            .as_deref(),
+            Some("booked")
+        );
+    }
+
+    #[pg_test]
     fn reschedule_moves_atomically_and_leaves_old_untouched_on_conflict() {
         Spi::run("SET LOCAL TimeZone = 'UTC'").unwrap();
         let a = book(ORG, RES, "2026-12-01 10:00+00", "1 hour");
@@ -1486,6 +1523,12 @@ mod tests {
                 sa(&format!("'{ORG}', '{RES}', 'infinity', '1 hour'")),
                 "22008",
             ),
+            (
+                sa(&format!(
+                    "'{ORG}', '{RES}', '294276-12-31 23:59+00', '1 hour'"
+                )),
+                "22008",
+            ),
             // free_slots: NULLs, empty and unbounded windows, bad slots, too many candidates
             (fs(&format!("'{ORG}', '{RES}', {win}, '30 min'")), "00000"),
             (fs(&format!("'{ORG}', '{RES}', NULL, '30 min'")), "22004"),
@@ -1510,6 +1553,12 @@ mod tests {
             (fs(&format!("'{ORG}', '{RES}', {win}, '-5 min'")), "22023"),
             (
                 fs(&format!("'{ORG}', '{RES}', {win}, '1000000 years'")),
+                "22008",
+            ),
+            (
+                fs(&format!(
+                    "'{ORG}', '{RES}', tstzrange('294276-12-31 21:00+00', '294276-12-31 23:59+00'), '1 hour'"
+                )),
                 "22008",
             ),
             // 8 hours of 1-second slots is 28,800 candidates: over the default 10,000.

@@ -286,6 +286,9 @@ fn add_check(
             "Pass an interval such as '5 minutes', or '0' to alert on every run.",
         );
     }
+    // Taken from now() at every run: a longer one failed each run with
+    // "timestamp out of range".
+    let throttle = crate::errors::not_too_long(ADD_CHECK, "throttle", throttle);
     let ts = [pg_sys::TIMESTAMPTZOID];
     let incremental = under_path(search_path, || {
         validated(
@@ -946,6 +949,7 @@ mod tests {
             (format!("SELECT integrity.add_check('a', {ok}, severity => 'loud')"), "22023"),
             (format!("SELECT integrity.add_check('a', {ok}, auto_fix => true)"), "22023"),
             (format!("SELECT integrity.add_check('a', {ok}, throttle => '-1 minute')"), "22023"),
+            (format!("SELECT integrity.add_check('a', {ok}, throttle => '1000000 years')"), "22008"),
             ("SELECT integrity.add_check('a', '')".to_string(), "22023"),
             ("SELECT integrity.add_check('a', 'SELEC 1')".to_string(), "42601"),
             ("SELECT integrity.add_check('a', 'SELECT id::text, ''{}''::jsonb FROM no_such_table')".to_string(), "42P01"),
@@ -965,6 +969,9 @@ mod tests {
             (format!("SELECT integrity.add_check('a', {ok}, throttle => NULL, search_path => NULL)"), "22004"),
             ("SELECT integrity.run_checks(ARRAY['no such check'])".to_string(), "42704"),
             ("SELECT integrity.run_checks(ARRAY[NULL])".to_string(), "22004"),
+            // The report's period: not from the future, not before 4713 BC.
+            ("SELECT integrity.consistency_report('-1 day')".to_string(), "22023"),
+            ("SELECT integrity.consistency_report('9000 years')".to_string(), "22008"),
         ] {
             assert_eq!(sqlstate(&sql), state, "{sql}");
         }
@@ -1147,6 +1154,16 @@ mod tests {
             text("SELECT string_agg(subject || ' ' || auto_corrected || ' ' || resolution, ',' ORDER BY id)
                     FROM integrity.alerts WHERE check_name = 'booked_not_made'"),
             "1 false auto-fixed,3 false auto-fixed,1 true auto-fixed,3 true auto-fixed"
+        );
+        // NULL is the default period, and 1,000 years the longest.
+        assert_eq!(
+            json("SELECT integrity.consistency_report(NULL)")["checks"],
+            json("SELECT integrity.consistency_report()")["checks"]
+        );
+        assert!(
+            json("SELECT integrity.consistency_report('1000 years')")["checks"]["booked_not_made"]
+                ["runs"]
+                .is_number()
         );
         let report = json("SELECT integrity.consistency_report()");
         let c = &report["checks"]["booked_not_made"];

@@ -1162,6 +1162,24 @@ mod tests {
                 "SELECT integrity.purge_deliveries('1000000 years')".to_string(),
                 "22008",
             ),
+            // Taken from now(), 9,000 years would reach before 4713 BC.
+            (
+                "SELECT integrity.purge_deliveries('9000 years')".to_string(),
+                "22008",
+            ),
+            // The statistics' period: not from the future, not before 4713 BC.
+            (
+                "SELECT * FROM integrity.delivery_stats('-1 day')".to_string(),
+                "22023",
+            ),
+            (
+                "SELECT * FROM integrity.delivery_stats('9000 years')".to_string(),
+                "22008",
+            ),
+            (
+                "SELECT * FROM integrity.delivery_stats(NULL)".to_string(),
+                "00000",
+            ),
             ("SELECT integrity.requeue(NULL)".to_string(), "22004"),
             (
                 "SELECT integrity.purge_deliveries('-1 day')".to_string(),

@@ -150,10 +150,13 @@ pub fn required<T>(value: Option<T>, function: &'static str, arg: &'static str) 
     }
 }
 
-/// The longest interval `positive_interval` accepts, in years: added to
-/// any `now()` of this era it stays far inside timestamptz's range (to the
-/// year 294276), however its months fall.
-pub const MAX_INTERVAL_YEARS: i64 = 10_000;
+/// The longest interval `positive_interval` and `not_too_long` accept, in
+/// years: added to or taken from any `now()` of this era it stays far
+/// inside timestamptz's range (4713 BC to 294276 AD), however its months
+/// fall. (10,000 years, the bound before, could not be taken from now():
+/// a purge's `older_than` of 9,000 years failed with Postgres's bare
+/// "timestamp out of range".)
+pub const MAX_INTERVAL_YEARS: i64 = 1_000;
 
 /// A required interval above zero and at most `MAX_INTERVAL_YEARS`, or
 /// 22004 / 22023 / 22008 naming it. The bound is checked here, in the call:
@@ -203,6 +206,40 @@ pub fn not_too_long(
 }
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
+
+/// `t + i` as timestamptz + interval computes it (calendar-aware, in the
+/// session's time zone). A sum past either end of timestamptz's range
+/// (4713 BC to 294276 AD) is 22008 naming `what` (`"starts_at +
+/// duration"`), not Postgres's bare "timestamp out of range" from inside
+/// the call.
+pub fn timestamp_plus(
+    f: &'static str,
+    what: &str,
+    t: pgrx::datum::TimestampWithTimeZone,
+    i: pgrx::datum::Interval,
+) -> pgrx::datum::TimestampWithTimeZone {
+    use pgrx::{pg_sys, IntoDatum};
+    // SAFETY: timestamptz_pl_interval of two non-NULL values; it computes
+    // and allocates nothing else, so its one ERROR (the sum out of range)
+    // can be caught without a subtransaction and answered with ours.
+    let sum = pgrx::PgTryBuilder::new(|| unsafe {
+        pgrx::direct_function_call::<pgrx::datum::TimestampWithTimeZone>(
+            pg_sys::timestamptz_pl_interval,
+            &[t.into_datum(), i.into_datum()],
+        )
+    })
+    .catch_when(PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW, |_| None)
+    .execute();
+    match sum {
+        Some(sum) => sum,
+        None => raise(
+            Kind::DatetimeOutOfRange,
+            f,
+            format!("{what} is past the end of timestamptz's range (4713 BC to 294276 AD)"),
+            "Pass a point in time well inside the range.",
+        ),
+    }
+}
 
 /// A required text argument of 1 to `max` bytes, or 22004 / 22023 naming it.
 #[track_caller]

@@ -1145,7 +1145,7 @@ mod tests {
                 "22008",
             ),
             (
-                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '10001 years')"),
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '1001 years')"),
                 "22008",
             ),
             (
@@ -1170,6 +1170,11 @@ mod tests {
             ),
             (
                 "SELECT integrity.purge_idempotency_keys('1000000 years')".to_string(),
+                "22008",
+            ),
+            // Taken from now(), 9,000 years would reach before 4713 BC.
+            (
+                "SELECT integrity.purge_idempotency_keys('9000 years')".to_string(),
                 "22008",
             ),
         ];

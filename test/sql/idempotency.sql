@@ -117,11 +117,12 @@ SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', '{}', ttl => 'infinity')$$) AS infinite_ttl;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', '{}', ttl => '1000000 years')$$) AS huge_ttl;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', '{}', lease => '178000000 years')$$) AS huge_lease;
-SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k-long', '{}', ttl => '10000 years')$$) AS ttl_of_10000_years;
+SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k-long', '{}', ttl => '1000 years')$$) AS ttl_of_1000_years;
 SELECT pg_temp.try($$SELECT integrity.idem_checkpoint('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', NULL)$$) AS null_recovery_point;
 SELECT pg_temp.try($$SELECT integrity.idem_complete('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', NULL, '{}')$$) AS null_response_code;
 SELECT pg_temp.try($$SELECT integrity.idem_fail('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', NULL)$$) AS null_retryable;
 SELECT pg_temp.try($$SELECT integrity.purge_idempotency_keys('-1 day')$$) AS negative_older_than;
+SELECT pg_temp.try($$SELECT integrity.purge_idempotency_keys('9000 years')$$) AS older_than_before_4713_bc;
 SELECT pg_temp.try($$SELECT integrity.idem_begin('0000000a-0000-0000-0000-000000000000', 'POST /x', 'k', 'not json')$$) AS malformed_request;
 
 -- Expiry: purge removes keys past expires_at, and an expired key is used afresh.
