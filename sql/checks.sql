@@ -148,26 +148,14 @@ SELECT c.name,
 COMMENT ON VIEW integrity.check_status IS
 'Each check with its state: ok, failing (open alerts), error (last run failed), disabled or never_run; and its last run.';
 
--- PL/pgSQL for the checks on `since` (an SQL function cannot raise): a
--- negative one would report from a moment in the future, and one that
--- reaches before 4713 BC failed with Postgres's bare "timestamp out of
--- range". The bound is the one integrity's Rust functions use.
+-- PL/pgSQL so that `since` is checked even when nothing else is read.
 CREATE FUNCTION integrity.consistency_report(since interval DEFAULT '1 day')
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-IF since < interval '0' THEN
-    RAISE EXCEPTION 'integrity.consistency_report: since must not be negative, got %', since
-        USING ERRCODE = '22023',
-              HINT = 'Pass how far back the report reaches, such as ''1 day'' or ''7 days''.';
-END IF;
-IF since > interval '1000 years' THEN
-    RAISE EXCEPTION 'integrity.consistency_report: since must be at most 1000 years'
-        USING ERRCODE = '22008',
-              HINT = 'Pass how far back the report reaches, such as ''1 day'' or ''7 days''.';
-END IF;
+since := integrity.report_period('integrity.consistency_report', 'since', since, interval '1 day');
 RETURN (
-WITH w AS (SELECT now() - coalesce(since, interval '1 day') AS t),
+WITH w AS (SELECT now() - since AS t),
 runs AS (
     SELECT r.check_name,
            count(*)                              AS runs,

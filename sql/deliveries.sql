@@ -125,21 +125,12 @@ CREATE FUNCTION integrity.delivery_stats(range interval DEFAULT '24 hours')
 RETURNS TABLE (event_type text, total bigint, completed bigint, failed bigint, dead_letter bigint,
                success_rate numeric, p50_ms double precision, p95_ms double precision,
                p99_ms double precision, avg_attempts numeric)
--- PL/pgSQL for the checks on `range`, as integrity.consistency_report.
+-- PL/pgSQL so that `range` is checked even when no delivery is read.
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-IF range < interval '0' THEN
-    RAISE EXCEPTION 'integrity.delivery_stats: range must not be negative, got %', range
-        USING ERRCODE = '22023',
-              HINT = 'Pass how far back the statistics reach, such as ''24 hours'' or ''7 days''.';
-END IF;
-IF range > interval '1000 years' THEN
-    RAISE EXCEPTION 'integrity.delivery_stats: range must be at most 1000 years'
-        USING ERRCODE = '22008',
-              HINT = 'Pass how far back the statistics reach, such as ''24 hours'' or ''7 days''.';
-END IF;
+range := integrity.report_period('integrity.delivery_stats', 'range', range, interval '24 hours');
 RETURN QUERY
 SELECT d.event_type,
        count(*),
@@ -153,7 +144,7 @@ SELECT d.event_type,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY d.processing_ms),
        round(avg(d.attempts), 2)
   FROM integrity.deliveries d
- WHERE d.created_at >= now() - coalesce(range, interval '24 hours')
+ WHERE d.created_at >= now() - range
  GROUP BY d.event_type
  ORDER BY d.event_type;
 END
