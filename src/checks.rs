@@ -972,6 +972,11 @@ mod tests {
             // The report's period: not from the future, not before 4713 BC.
             ("SELECT integrity.consistency_report('-1 day')".to_string(), "22023"),
             ("SELECT integrity.consistency_report('9000 years')".to_string(), "22008"),
+            // Their shared check, called directly.
+            ("SELECT integrity.report_period('f', 'p', '-1 second', '1 day')".to_string(), "22023"),
+            ("SELECT integrity.report_period('f', 'p', '1001 years', '1 day')".to_string(), "22008"),
+            ("SELECT integrity.report_period(NULL, NULL, '-1 day', NULL)".to_string(), "22023"),
+            ("SELECT integrity.report_period('f', 'p', NULL, '1 day')".to_string(), "00000"),
         ] {
             assert_eq!(sqlstate(&sql), state, "{sql}");
         }
@@ -1154,6 +1159,15 @@ mod tests {
             text("SELECT string_agg(subject || ' ' || auto_corrected || ' ' || resolution, ',' ORDER BY id)
                     FROM integrity.alerts WHERE check_name = 'booked_not_made'"),
             "1 false auto-fixed,3 false auto-fixed,1 true auto-fixed,3 true auto-fixed"
+        );
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT integrity.report_period('f', 'p', NULL, '1 day')::text || ' ' || \
+                        integrity.report_period('f', 'p', '1000 years', '1 day')::text"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("1 day 1000 years")
         );
         // NULL is the default period, and 1,000 years the longest.
         assert_eq!(
