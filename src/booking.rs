@@ -221,7 +221,7 @@ fn interval_text(i: Interval) -> String {
 
 /// A positive duration no longer than `integrity.max_booking_duration`.
 fn check_duration(f: &'static str, arg: &'static str, d: Interval) -> Interval {
-    let us = d.as_micros();
+    let us = crate::errors::span_us(f, arg, d);
     if us <= 0 {
         raise(
             Kind::InvalidParameter,
@@ -847,7 +847,7 @@ fn free_slots(
     let window = required(window, F, "window");
     let slot = required(slot, F, "slot");
     let (lower, upper) = window_bounds(F, &window);
-    let slot_us = slot.as_micros();
+    let slot_us = crate::errors::span_us(F, "slot", slot);
     if slot_us <= 0 {
         raise(
             Kind::InvalidParameter,
@@ -1460,9 +1460,17 @@ mod tests {
                 )),
                 "22023",
             ),
+            // Mixed signs: 23 hours on most days, 22 or 24 across a
+            // daylight-saving change; refused like every such interval.
             (
                 book(&format!(
                     "'{ORG}', '{RES}', '2026-12-02 10:00+00', '1 day -1 hour'"
+                )),
+                "22023",
+            ),
+            (
+                book(&format!(
+                    "'{ORG}', '{RES}', '2026-12-02 10:00+00', '23 hours'"
                 )),
                 "00000",
             ),

@@ -488,15 +488,21 @@ fn breaker_record(
                 ],
             );
             if next == "open" && review {
-                crate::review::enqueue_item(
-                    client,
-                    pgrx::datum::Uuid::from_bytes([0; 16]),
-                    "breaker",
-                    key,
-                    "opened",
-                    details,
-                    0,
-                );
+                // A breaker is every tenant's, so the item it opens is no
+                // tenant's (org_id all zeros), written whatever tenant the
+                // session is scoped to: under integrity.org_id row security
+                // refused it, and the breaker could not open.
+                crate::plans::with_settings(&[(c"integrity.org_id", c"")], || {
+                    crate::review::enqueue_item(
+                        client,
+                        pgrx::datum::Uuid::from_bytes([0; 16]),
+                        "breaker",
+                        key,
+                        "opened",
+                        details,
+                        0,
+                    )
+                });
             }
         }
         next.to_string()
@@ -583,7 +589,7 @@ fn breaker_configure(
     if slow_call_ms.is_some_and(|s| s < 0) {
         bad("slow_call_ms must not be negative".into());
     }
-    if open_for.as_micros() <= 0 {
+    if crate::errors::span_us(F, "open_for", open_for) <= 0 {
         bad(format!("open_for must be above zero, got {open_for}"));
     }
     // Added to now() when the breaker opens, in breaker_record.
@@ -728,6 +734,43 @@ mod tests {
         assert_eq!(
             text("SELECT state::text FROM integrity.breakers WHERE key = 'svc'"),
             "closed"
+        );
+    }
+
+    #[pg_test]
+    fn a_breaker_opens_and_asks_for_review_whatever_tenant_the_session_is_scoped_to() {
+        Spi::run("CREATE ROLE integrity_test_breaker_app").unwrap();
+        Spi::run("SELECT integrity.grant_access('integrity_test_breaker_app')").unwrap();
+        Spi::run(
+            "SELECT integrity.breaker_configure('tenanted', window_size => 1, minimum_calls => 1,
+                 failure_rate => 1.0, review_on_open => true)",
+        )
+        .unwrap();
+        Spi::run("SET LOCAL ROLE integrity_test_breaker_app").unwrap();
+        Spi::run("SET LOCAL integrity.org_id = '0000000a-0000-0000-0000-000000000000'").unwrap();
+        // Row security let this tenant write no item of org 0, so the
+        // failure that opens the breaker failed with 42501 and it stayed
+        // closed.
+        assert_eq!(
+            text("SELECT integrity.breaker_record('tenanted', false)"),
+            "open"
+        );
+        assert_eq!(allow("tenanted"), "false open");
+        // The scope is the session's again: the item is no tenant's, so
+        // this tenant does not see it.
+        assert_eq!(
+            text("SELECT current_setting('integrity.org_id')"),
+            "0000000a-0000-0000-0000-000000000000"
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.review_queue"),
+            Some(0)
+        );
+        Spi::run("RESET ROLE").unwrap();
+        Spi::run("RESET integrity.org_id").unwrap();
+        assert_eq!(
+            text("SELECT org_id || ' ' || subject_type || ' ' || subject_id || ' ' || reason FROM integrity.review_queue"),
+            "00000000-0000-0000-0000-000000000000 breaker tenanted opened"
         );
     }
 

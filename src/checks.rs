@@ -278,7 +278,7 @@ fn add_check(
     let throttle = throttle.unwrap_or_else(|| {
         Interval::new(0, 0, 5 * 60 * 1_000_000).unwrap_or_else(|_| crate::errors::bug("throttle"))
     });
-    if throttle.as_micros() < 0 {
+    if crate::errors::span_us(ADD_CHECK, "throttle", throttle) < 0 {
         raise(
             Kind::InvalidParameter,
             ADD_CHECK,

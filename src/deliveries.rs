@@ -284,7 +284,7 @@ fn claim(
         "Claim a few deliveries at a time, e.g. batch => 10.",
     );
     let lease = required(lease, F, "lease");
-    let us = lease.as_micros();
+    let us = crate::errors::span_us(F, "lease", lease);
     if us <= 0 || us > MAX_LEASE_US as i128 {
         raise(
             Kind::InvalidParameter,
@@ -534,7 +534,7 @@ fn fail(
     let id = required(id, F, "id");
     let error = error.unwrap_or("");
     if let Some(r) = retry_in {
-        if r.as_micros() < 0 {
+        if crate::errors::span_us(F, "retry_in", r) < 0 {
             raise(
                 Kind::InvalidParameter,
                 F,
@@ -720,7 +720,7 @@ fn purge_deliveries(
 ) -> i64 {
     const F: &str = "integrity.purge_deliveries";
     let older_than = required(older_than, F, "older_than");
-    if older_than.as_micros() < 0 {
+    if crate::errors::span_us(F, "older_than", older_than) < 0 {
         raise(
             Kind::InvalidParameter,
             F,
@@ -792,7 +792,7 @@ fn set_retry_schedule(event_type: Option<&str>, schedule: Option<Vec<Option<Inte
     for (i, s) in schedule.iter().enumerate() {
         match s {
             // Each step is added to now() when a delivery fails.
-            Some(s) if s.as_micros() >= 0 => {
+            Some(s) if crate::errors::span_us(F, "each schedule step", *s) >= 0 => {
                 crate::errors::not_too_long(F, "each schedule step", *s);
             }
             _ => raise(

@@ -168,7 +168,7 @@ pub fn positive_interval(
     i: Option<pgrx::datum::Interval>,
 ) -> pgrx::datum::Interval {
     let i = required(i, f, arg);
-    if i.as_micros() <= 0 {
+    if span_us(f, arg, i) <= 0 {
         raise(
             Kind::InvalidParameter,
             f,
@@ -206,6 +206,28 @@ pub fn not_too_long(
 }
 
 const USECS_PER_DAY: i128 = 86_400_000_000;
+
+/// `i` in microseconds (a month as 30 days, as Postgres compares
+/// intervals), for a check of its sign or length; 22023 naming it when its
+/// months, days and time have different signs. Postgres adds the months
+/// by the calendar, then the days, then the time, so such an interval is
+/// ahead of one date and behind another: `'-2 months 60 days 1 second'`
+/// counts as one second, yet taken from December 4 it lands on December
+/// 3, and a lease of it would be over before it was handed out.
+pub fn span_us(f: &'static str, arg: &'static str, i: pgrx::datum::Interval) -> i128 {
+    let signs = [i.months() as i64, i.days() as i64, i.micros()].map(i64::signum);
+    if signs.contains(&1) && signs.contains(&-1) {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!(
+                "{arg} mixes signs across its months, days and time ({i}), so its sign depends on the date it is added to"
+            ),
+            format!("Pass {arg} with every part of one sign, such as '5 minutes', '1 day' or '1 month'."),
+        );
+    }
+    i.as_micros()
+}
 
 /// `t + i` as timestamptz + interval computes it (calendar-aware, in the
 /// session's time zone). A sum past either end of timestamptz's range
@@ -409,4 +431,67 @@ pub fn check_finite(
         );
     }
     t
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::testutil::{error_message, sqlstate};
+    use pgrx::prelude::*;
+
+    const ORG: &str = "'0000000a-0000-0000-0000-000000000000'";
+    const RES: &str = "'00000000-0000-0000-0000-0000000000e1'";
+
+    /// Every interval argument refuses one whose months, days and time have
+    /// different signs, however Postgres would count it: its sign depends
+    /// on the date it is added to (a lease of '-2 months 60 days 1 second'
+    /// taken on December 4 ran out on December 3, before it was handed out).
+    #[pg_test]
+    fn an_interval_whose_sign_depends_on_the_date_is_refused_by_name() {
+        let calls = |i: &str| {
+            [
+                (format!("SELECT integrity.idem_begin({ORG}, 's', 'k', '{{}}', lease => {i})"), "lease"),
+                (format!("SELECT integrity.idem_begin({ORG}, 's', 'k', '{{}}', ttl => {i})"), "ttl"),
+                (format!("SELECT integrity.purge_idempotency_keys({i})"), "older_than"),
+                (format!("SELECT * FROM integrity.claim('w', 1, {i})"), "lease"),
+                (format!("SELECT integrity.fail(1, 'e', {i})"), "retry_in"),
+                (format!("SELECT integrity.purge_deliveries({i})"), "older_than"),
+                (format!("SELECT integrity.set_retry_schedule('e', ARRAY['1 minute', {i}]::interval[])"), "each schedule step"),
+                (format!("SELECT integrity.sync_start({ORG}, 'c', '1', 'crm', '{{}}', {i})"), "lease"),
+                (format!("SELECT integrity.breaker_configure('b', open_for => {i})"), "open_for"),
+                (format!("SELECT integrity.saga_begin({ORG}, 'k', '{{}}', {i})"), "stuck_after"),
+                (format!("SELECT integrity.book({ORG}, {RES}, '2026-12-04 10:00+00', {i})"), "duration"),
+                (format!("SELECT integrity.slot_available({ORG}, {RES}, '2026-12-04 10:00+00', {i})"), "duration"),
+                (format!("SELECT * FROM integrity.free_slots({ORG}, {RES}, '[2026-12-04, 2026-12-05)', {i})"), "slot"),
+                (format!("SELECT integrity.add_check('c', 'SELECT 1 WHERE false', throttle => {i})"), "throttle"),
+                (format!("SELECT * FROM integrity.consistency_report({i})"), "since"),
+                (format!("SELECT * FROM integrity.delivery_stats({i})"), "range"),
+            ]
+        };
+        for i in [
+            "'-2 months 60 days 1 second'",
+            "'1 month -29 days'",
+            "'1 day -1 hour'",
+            "'1 year -1 second'",
+            "'-1 day 25 hours'",
+        ] {
+            for (sql, arg) in calls(i) {
+                assert_eq!(sqlstate(&sql), "22023", "{sql}");
+                let m = error_message(&sql);
+                assert!(m.contains(arg) && m.contains("mixes signs"), "{sql}: {m}");
+            }
+        }
+        // Every part of one sign (or zero) is not refused for it: each call
+        // answers or fails for another reason.
+        for i in [
+            "'1 month 2 days 3 hours'",
+            "'2 hours 30 minutes'",
+            "'-0 days'",
+        ] {
+            for (sql, _) in calls(i) {
+                let m = error_message(&sql);
+                assert!(!m.contains("mixes signs"), "{sql}: {m}");
+            }
+        }
+    }
 }

@@ -509,6 +509,16 @@ fn idem_begin(
     let request = required(request, F, "request");
     let lease = crate::errors::positive_interval(F, "lease", lease);
     let ttl = crate::errors::positive_interval(F, "ttl", ttl);
+    // A key that expired while its holder's lease ran would be begun
+    // afresh by a retry (started, attempt 1): the work done twice.
+    if ttl.as_micros() < lease.as_micros() {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("ttl ({ttl}) must not be shorter than lease ({lease})"),
+            "Keep a key at least as long as its work may hold it: the default ttl is '24 hours', the default lease '5 minutes'.",
+        );
+    }
     let fingerprint = fingerprint_of_jsonb(&request);
 
     // The key's lock, to the end of the transaction: a duplicate waits
@@ -713,7 +723,7 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
     let older_than = older_than.unwrap_or_else(|| {
         Interval::new(0, 0, 0).unwrap_or_else(|_| crate::errors::bug("zero interval"))
     });
-    if older_than.as_micros() < 0 {
+    if crate::errors::span_us(F, "older_than", older_than) < 0 {
         raise(
             Kind::InvalidParameter,
             F,
@@ -828,8 +838,14 @@ mod tests {
 
     #[pg_test]
     fn expired_keys_start_afresh_and_are_purged() {
-        assert_eq!(begin("c", "{}", ", ttl => '1 ms'")["outcome"], "started");
-        assert_eq!(begin("d", "{}", ", ttl => '1 ms'")["outcome"], "started");
+        assert_eq!(
+            begin("c", "{}", ", lease => '1 ms', ttl => '1 ms'")["outcome"],
+            "started"
+        );
+        assert_eq!(
+            begin("d", "{}", ", lease => '1 ms', ttl => '1 ms'")["outcome"],
+            "started"
+        );
         Spi::run("SELECT pg_sleep(0.005)").unwrap();
         // Expired: the key is free again, even for another request.
         let r = begin("c", r#"{"other": true}"#, "");
@@ -877,7 +893,10 @@ mod tests {
         assert_eq!(stored("sx"), Some(1));
         assert_eq!(begin("sx", "{}", "")["response_code"], 201);
         // A purge sees keys begun in its own transaction.
-        assert_eq!(begin("sy", "{}", ", ttl => '1 ms'")["outcome"], "started");
+        assert_eq!(
+            begin("sy", "{}", ", lease => '1 ms', ttl => '1 ms'")["outcome"],
+            "started"
+        );
         Spi::run("SELECT pg_sleep(0.005)").unwrap();
         assert_eq!(stored("sy"), Some(0));
         let purged = Spi::get_one::<i64>("SELECT integrity.purge_idempotency_keys()").unwrap();
@@ -1132,6 +1151,16 @@ mod tests {
             (
                 format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => NULL)"),
                 "22004",
+            ),
+            // A key kept for less time than its holder may work on it would
+            // expire under a live lease and start afresh: done twice.
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', lease => '2 days', ttl => '1 hour')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}', ttl => '1 ms')"),
+                "22023",
             ),
             // Huge: refused in the call, not when the key's row is written
             // (at COMMIT for a key left unsettled), where now() + ttl

@@ -168,7 +168,7 @@ fn sync_start(
     let l = link(F, org_id, entity_type, entity_id, integration);
     let payload = required(payload, F, "payload");
     let lease = required(lease, F, "lease");
-    let us = lease.as_micros();
+    let us = crate::errors::span_us(F, "lease", lease);
     if us <= 0 || us > 24 * 3600 * 1_000_000 {
         raise(
             Kind::InvalidParameter,
@@ -578,8 +578,8 @@ fn find_orphans(
     let id = crate::names::quote(&id.name);
     // Ids are compared in text, the form sync_start was given them in; the
     // entity table is read once (a hashed anti-join), whatever its size.
-    let sql = format!(
-        "WITH orphans AS (
+    let orphans = format!(
+        "orphans AS (
              SELECT l.org_id, l.entity_type, l.entity_id, l.external_id, l.status,
                     CASE WHEN EXISTS (SELECT 1 FROM {table} e
                                        WHERE e.{id}::pg_catalog.text OPERATOR(pg_catalog.=) l.entity_id)
@@ -588,33 +588,48 @@ fn find_orphans(
               WHERE l.integration = $1 AND l.entity_type = $2
                 AND NOT EXISTS (SELECT 1 FROM {table} e
                                  WHERE e.{id}::pg_catalog.text OPERATOR(pg_catalog.=) l.entity_id{live})
-         ), marked AS (
-             UPDATE integrity.sync_links s
-                SET status = 'orphaned', locked_until = NULL, updated_at = pg_catalog.now()
-               FROM orphans o
-              WHERE $3 AND s.org_id = o.org_id AND s.entity_type = o.entity_type
-                AND s.entity_id = o.entity_id AND s.integration = $1 AND s.status <> 'orphaned'
-                -- Someone is syncing it now (it may have just come back):
-                -- reported, not marked.
-                AND NOT (s.status = 'syncing' AND s.locked_until > pg_catalog.now())
-             RETURNING s.org_id, s.entity_id
-         )
-         SELECT o.org_id, o.entity_type, o.entity_id, o.external_id,
-                CASE WHEN m.entity_id IS NULL THEN o.status ELSE 'orphaned' END, o.reason
-           FROM orphans o LEFT JOIN marked m ON m.org_id = o.org_id AND m.entity_id = o.entity_id
-          ORDER BY o.org_id, o.entity_id"
+         )"
     );
+    // Looking only is a read: it runs in a read-only transaction and on a
+    // hot standby, where the marking statement (even marking nothing)
+    // could not.
+    let sql = if mark {
+        format!(
+            "WITH {orphans}, marked AS (
+                 UPDATE integrity.sync_links s
+                    SET status = 'orphaned', locked_until = NULL, updated_at = pg_catalog.now()
+                   FROM orphans o
+                  WHERE s.org_id = o.org_id AND s.entity_type = o.entity_type
+                    AND s.entity_id = o.entity_id AND s.integration = $1 AND s.status <> 'orphaned'
+                    -- Someone is syncing it now (it may have just come back):
+                    -- reported, not marked.
+                    AND NOT (s.status = 'syncing' AND s.locked_until > pg_catalog.now())
+                 RETURNING s.org_id, s.entity_id
+             )
+             SELECT o.org_id, o.entity_type, o.entity_id, o.external_id,
+                    CASE WHEN m.entity_id IS NULL THEN o.status ELSE 'orphaned' END, o.reason
+               FROM orphans o LEFT JOIN marked m ON m.org_id = o.org_id AND m.entity_id = o.entity_id
+              ORDER BY o.org_id, o.entity_id"
+        )
+    } else {
+        format!(
+            "WITH {orphans}
+             SELECT o.org_id, o.entity_type, o.entity_id, o.external_id, o.status, o.reason
+               FROM orphans o
+              ORDER BY o.org_id, o.entity_id"
+        )
+    };
     let rows = Spi::connect_mut(|client| {
         let Some(entity_type) = entity_type_of(client, integration, of_type, &table) else {
             return Vec::new();
         };
-        let t = client
-            .update(
-                &sql,
-                None,
-                &[integration.into(), entity_type.as_str().into(), mark.into()],
-            )
-            .unwrap_or_else(|e| crate::errors::bug(format!("find_orphans: {e}")));
+        let args = [integration.into(), entity_type.as_str().into()];
+        let t = if mark {
+            client.update(&sql, None, &args)
+        } else {
+            client.select(&sql, None, &args)
+        }
+        .unwrap_or_else(|e| crate::errors::bug(format!("find_orphans: {e}")));
         t.map(|r| {
             (
                 r.get::<Uuid>(1)
@@ -756,6 +771,33 @@ mod tests {
              SELECT integrity.sync_succeeded({ORG}, '{entity_type}', '{id}', '{integration}', 'x-{id}')"
         ))
         .unwrap();
+    }
+
+    #[pg_test]
+    fn find_orphans_looks_in_a_read_only_transaction_and_marks_only_in_a_writable_one() {
+        Spi::run(
+            "CREATE TABLE fr_customers (id bigint PRIMARY KEY);
+             INSERT INTO fr_customers VALUES (1);",
+        )
+        .unwrap();
+        for id in ["1", "2"] {
+            linked("fr", "customer", id);
+        }
+        // The SQLSTATE helper is created while the transaction may write.
+        assert_eq!(sqlstate("SELECT 1"), "00000");
+        // As on a hot standby: looking only is a read, and works there.
+        Spi::run("SET LOCAL transaction_read_only = on").unwrap();
+        assert_eq!(
+            text(
+                "SELECT string_agg(entity_id || ':' || reason || ':' || status, ',')
+                    FROM integrity.find_orphans('fr', 'fr_customers')"
+            ),
+            "2:missing:synced"
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM integrity.find_orphans('fr', 'fr_customers', mark => true)"),
+            "25006"
+        );
     }
 
     #[pg_test]

@@ -1815,6 +1815,47 @@ fn child_args(f: &impl Site, example: &str) -> ChildArgs {
         .get(5)
         .filter(|c| !c.is_empty())
         .map(|c| column_any(f, f.relid(), c, 6, example));
+    // Each role its own column: a count kept in the parent key rewrote the
+    // parent's key with its number of children, and a soft-delete column
+    // that is the child's key to its parent counted no child.
+    let wrong = |n: usize, why: String| -> ! {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!("argument {n}: {why}"),
+            example,
+        )
+    };
+    if key.attnum == flag.attnum {
+        wrong(
+            4,
+            format!("the flag column {:?} cannot be the parent key", flag.name),
+        );
+    }
+    if let Some(c) = &count {
+        if c.attnum == key.attnum || c.attnum == flag.attnum {
+            wrong(
+                5,
+                format!(
+                    "the count column {:?} cannot be the parent key or the flag column",
+                    c.name
+                ),
+            );
+        }
+        if c.typid != pg_sys::INT4OID && c.typid != pg_sys::INT8OID {
+            wrong(5, format!("the count column {:?} of {} must be integer or bigint (a smallint overflows at 32,768 children)", c.name, qualified(parent)));
+        }
+    }
+    if let Some(d) = &deleted {
+        if d.attnum == fk.attnum {
+            wrong(
+                6,
+                format!(
+                    "the soft-delete column {:?} cannot be the child's key column",
+                    d.name
+                ),
+            );
+        }
+    }
     let live = match &deleted {
         None => String::new(),
         Some(d) if d.typid == pg_sys::BOOLOID => format!(" AND c.{} IS NOT TRUE", quote(&d.name)),
@@ -2673,7 +2714,7 @@ mod tests {
     #[pg_test]
     fn trigger_mistakes_name_the_trigger_and_get_a_clear_sqlstate() {
         Spi::run(
-            "CREATE TABLE tgm (id int PRIMARY KEY, n int, b boolean, t text);
+            "CREATE TABLE tgm (id int PRIMARY KEY, n int, b boolean, t text, s smallint);
              CREATE TABLE tgm_kids (id int, m_id text);",
         )
         .unwrap();
@@ -2767,6 +2808,26 @@ mod tests {
             (
                 "AFTER INSERT ON tgm_kids FOR EACH ROW",
                 "tg_child_flag('tgm', 'id', 'id')",
+                "22023",
+            ),
+            // Each role its own column: the count in the parent key rewrote
+            // the key with the number of children.
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'id', 'b', 'id')",
+                "22023",
+            ),
+            // A smallint count overflows at 32,768 children.
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'id', 'b', 's')",
+                "22023",
+            ),
+            // The child's key to its parent as its soft-delete column: no
+            // child would ever count.
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('tgm', 'id', 'id', 'b', '', 'id')",
                 "22023",
             ),
         ];

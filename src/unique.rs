@@ -130,7 +130,11 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
             Kind::WrongObjectType,
             F,
             format!("{table} is not a table"),
-            "Pass the table the view or materialized view reads from.",
+            if relkind == pg_sys::RELKIND_VIEW || relkind == pg_sys::RELKIND_MATVIEW {
+                "Pass the table the view or materialized view reads from."
+            } else {
+                "Pass the table whose rows must be unique (not an index, sequence or type)."
+            },
         );
     }
     // SAFETY: an ownership check by OIDs.
@@ -146,8 +150,28 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
     let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
     // SAFETY: a catalog lookup of the column's type.
     unsafe { pg_sys::get_type_category_preferred(c.typid, &mut category, &mut preferred) };
+    let is_string = category as u8 == pg_sys::TYPCATEGORY_STRING;
+    // SAFETY: a catalog lookup by OIDs. The index is a B-tree on the
+    // column (lower() of it, text, for a string): a type without a B-tree
+    // operator class cannot be in it, which the build would only say later
+    // (in index_builds, for a queued one) in Postgres's own words.
+    if !is_string
+        && unsafe { pg_sys::GetDefaultOpClass(c.typid, pg_sys::BTREE_AM_OID) }
+            == pg_sys::Oid::INVALID
+    {
+        // SAFETY: the type exists (it is the column's).
+        let ty = unsafe { CStr::from_ptr(pg_sys::format_type_be(c.typid)) }
+            .to_string_lossy()
+            .into_owned();
+        raise(
+            Kind::DatatypeMismatch,
+            F,
+            format!("column {} of {table} is of type {ty}, which a B-tree index cannot hold, so its values cannot be kept unique", c.name),
+            "Pass a column whose type can be sorted (text, numbers, uuid, dates, …), or keep such values unique with a column derived from them.",
+        );
+    }
     let q = quote(&c.name);
-    let (key, key_printed) = if category as u8 == pg_sys::TYPCATEGORY_STRING {
+    let (key, key_printed) = if is_string {
         (
             format!("pg_catalog.lower({q})"),
             vec![format!("lower({q})"), format!("lower(({q})::text)")],
@@ -917,6 +941,44 @@ mod tests {
         assert_eq!(
             sqlstate("INSERT INTO ua_people (email) VALUES (NULL)"),
             "00000"
+        );
+    }
+
+    #[pg_test]
+    fn a_column_no_btree_can_hold_is_refused_before_anything_is_queued() {
+        Spi::run(
+            "CREATE TABLE ua_odd (x xid, j json, p point, deleted_at timestamptz);
+             INSERT INTO ua_odd VALUES ('5', '{}', '(1,1)', NULL);
+             CREATE SEQUENCE ua_seq;",
+        )
+        .unwrap();
+        for col in ["x", "j", "p"] {
+            for conc in ["true", "false"] {
+                let sql = format!(
+                    "SELECT integrity.unique_active('ua_odd', '{col}', concurrently => {conc})"
+                );
+                assert_eq!(sqlstate(&sql), "42804", "{sql}");
+                let m = crate::testutil::error_message(&sql);
+                assert!(
+                    m.starts_with("integrity.unique_active")
+                        && m.contains(&format!("column {col} of")),
+                    "{m}"
+                );
+            }
+        }
+        // Refused in the call: nothing was queued to fail later.
+        assert_eq!(
+            crate::testutil::one::<i64>("SELECT count(*) FROM integrity.index_builds"),
+            Some(0)
+        );
+        // A sequence is not told to pass the table a view reads from.
+        let m = crate::testutil::error_message(
+            "SELECT integrity.unique_active('ua_seq', 'last_value')",
+        );
+        assert!(m.contains("is not a table"), "{m}");
+        assert_eq!(
+            sqlstate("SELECT integrity.unique_active('ua_seq', 'last_value')"),
+            "42809"
         );
     }
 
