@@ -168,7 +168,11 @@ fn validated(
             );
         }
         if shape.columns != want {
-            let got: Vec<String> = shape.columns.iter().map(|t| type_name(*t)).collect();
+            let got: Vec<String> = shape
+                .columns
+                .iter()
+                .map(|t| crate::names::type_name(*t))
+                .collect();
             raise(
                 Kind::DatatypeMismatch,
                 ADD_CHECK,
@@ -181,14 +185,6 @@ fn validated(
         }
     }
     shape
-}
-
-fn type_name(t: Oid) -> String {
-    // SAFETY: a catalog lookup by OID; the name is copied.
-    unsafe {
-        let p = pg_sys::format_type_be(t);
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
 }
 
 /// Whether `sql` needs `$1`: it does not parse without it.

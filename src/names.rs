@@ -24,6 +24,15 @@ pub fn qualified(relid: Oid) -> String {
     }
 }
 
+/// A type's name as Postgres prints it (`integer`, `character varying(20)`).
+pub fn type_name(t: Oid) -> String {
+    // SAFETY: a catalog lookup by OID; the name is copied.
+    unsafe {
+        let p = pg_sys::format_type_be(t);
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
 pub fn quote(ident: &str) -> String {
     let c = CString::new(ident).unwrap_or_default();
     // SAFETY: quote_identifier of a NUL-terminated string.

@@ -159,10 +159,7 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
         && unsafe { pg_sys::GetDefaultOpClass(c.typid, pg_sys::BTREE_AM_OID) }
             == pg_sys::Oid::INVALID
     {
-        // SAFETY: the type exists (it is the column's).
-        let ty = unsafe { CStr::from_ptr(pg_sys::format_type_be(c.typid)) }
-            .to_string_lossy()
-            .into_owned();
+        let ty = crate::names::type_name(c.typid);
         raise(
             Kind::DatatypeMismatch,
             F,
