@@ -487,6 +487,21 @@ impl KeyRow {
     }
 }
 
+/// A response code as `idem_complete` and `idem_fail` store it: an HTTP
+/// status, 100 to 599, replayed to every retry, so a slip such as `-1` or
+/// `2010` is refused in the call rather than answered for 24 hours.
+fn http_status(f: &'static str, code: Option<i32>) -> Option<i32> {
+    match code {
+        Some(c) if !(100..=599).contains(&c) => raise(
+            Kind::InvalidParameter,
+            f,
+            format!("response_code must be an HTTP status code from 100 to 599, got {c}"),
+            "Pass the status the request answered, such as 201; a retry is replayed this code.",
+        ),
+        c => c,
+    }
+}
+
 fn outcome(text: String) -> Jsonb {
     Jsonb::from_text(&text)
 }
@@ -673,6 +688,7 @@ fn idem_complete(
     const F: &str = "integrity.idem_complete";
     let k = key_args(F, org_id, scope, key);
     let code = required(response_code, F, "response_code");
+    http_status(F, Some(code));
     let how = direct::Settle::Complete {
         code: Some(code),
         response: response.as_ref(),
@@ -697,6 +713,7 @@ fn idem_fail(
     const F: &str = "integrity.idem_fail";
     let k = key_args(F, org_id, scope, key);
     let retryable = required(retryable, F, "retryable");
+    let response_code = http_status(F, response_code);
     let how = direct::Settle::Fail {
         retryable,
         response: error.as_ref(),
@@ -746,7 +763,7 @@ fn purge_idempotency_keys(older_than: default!(Option<Interval>, "NULL")) -> i64
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::{json, one, sqlstate};
+    use crate::testutil::{error_message, json, one, sqlstate};
     use pgrx::prelude::*;
 
     const ORG: &str = "00000000-0000-0000-0000-0000000000e1";
@@ -1101,6 +1118,48 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_response_code_outside_http_statuses_is_refused_and_the_key_stays_open() {
+        let begin = |k: &str| {
+            json(&format!(
+                "SELECT integrity.idem_begin('{ORG}', 'POST /codes', '{k}', '{{}}')"
+            ))
+        };
+        assert_eq!(begin("c1")["outcome"], "started");
+        for bad in ["0", "99", "600", "-201", "2147483647"] {
+            let sql = format!(
+                "SELECT integrity.idem_complete('{ORG}', 'POST /codes', 'c1', {bad}, '{{}}')"
+            );
+            assert_eq!(sqlstate(&sql), "22023", "{sql}");
+            assert!(
+                error_message(&sql).contains(&format!("got {bad}")),
+                "{}",
+                error_message(&sql)
+            );
+        }
+        // Refused before anything was stored: the key still completes, and
+        // the bounds themselves are statuses. A NULL response (204) is
+        // stored and replayed as JSON null.
+        let done = json(&format!(
+            "SELECT integrity.idem_complete('{ORG}', 'POST /codes', 'c1', 599, NULL)"
+        ));
+        assert_eq!(done["status"], "completed", "{done}");
+        let replay = begin("c1");
+        assert_eq!(replay["outcome"], "replay", "{replay}");
+        assert_eq!(replay["response_code"], 599, "{replay}");
+        assert!(replay["response"].is_null(), "{replay}");
+
+        assert_eq!(begin("c2")["outcome"], "started");
+        let sql =
+            format!("SELECT integrity.idem_fail('{ORG}', 'POST /codes', 'c2', false, '{{}}', 600)");
+        assert_eq!(sqlstate(&sql), "22023");
+        let failed = json(&format!(
+            "SELECT integrity.idem_fail('{ORG}', 'POST /codes', 'c2', false, '{{}}', 100)"
+        ));
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert_eq!(begin("c2")["response_code"], 100);
+    }
+
+    #[pg_test]
     fn idem_bad_input_gets_a_clear_sqlstate() {
         let long = "k".repeat(256);
         let cases: Vec<(String, &str)> = vec![
@@ -1192,6 +1251,18 @@ mod tests {
             (
                 format!("SELECT integrity.idem_fail('{ORG}', 's', 'k', NULL)"),
                 "22004",
+            ),
+            (
+                format!("SELECT integrity.idem_complete('{ORG}', 's', 'k', -1, '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_complete('{ORG}', 's', 'k', 2010, '{{}}')"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.idem_fail('{ORG}', 's', 'k', false, '{{}}', 99)"),
+                "22023",
             ),
             (
                 "SELECT integrity.purge_idempotency_keys('-1 day')".to_string(),

@@ -52,6 +52,56 @@ pgrx::extension_sql_file!(
 );
 
 // ---------------------------------------------------------------------------
+// Called as a trigger, or refused
+
+/// Each trigger function's entry point, `<name>_checked`, which its
+/// `CREATE FUNCTION` names: a direct call (`SELECT integrity.tg_default()`)
+/// is refused with 39P01 as Postgres's own trigger functions refuse it,
+/// before pgrx's `<name>_wrapper`, which would fail on it with an internal
+/// error, runs.
+macro_rules! called_as_trigger_only {
+    ($($checked:ident, $finfo:ident, $wrapper:ident, $name:expr;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        #[pg_guard]
+        pub unsafe extern "C-unwind" fn $checked(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+            // SAFETY: fcinfo is the call's, from the function manager; this
+            // reads only its context node's tag.
+            if !unsafe { pgrx::trigger_support::called_as_trigger(fcinfo) } {
+                not_fired_by_a_trigger($name);
+            }
+            // SAFETY: a trigger call's fcinfo, as the wrapper needs.
+            unsafe { $wrapper(fcinfo) }
+        }
+    )*};
+}
+
+called_as_trigger_only! {
+    tg_default_checked, pg_finfo_tg_default_checked, tg_default_wrapper, TG_DEFAULT;
+    tg_link_status_checked, pg_finfo_tg_link_status_checked, tg_link_status_wrapper, TG_LINK_STATUS;
+    tg_implies_checked, pg_finfo_tg_implies_checked, tg_implies_wrapper, TG_IMPLIES;
+    tg_child_flag_checked, pg_finfo_tg_child_flag_checked, tg_child_flag_wrapper, TG_CHILD_FLAG;
+}
+
+fn not_fired_by_a_trigger(name: &'static str) -> ! {
+    raise(
+        Kind::TriggerProtocol,
+        name,
+        "was called directly, not fired by a trigger",
+        format!(
+            "Attach it to a table with CREATE TRIGGER … EXECUTE FUNCTION {name}(…); its arguments are in README."
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------
 // The firing trigger
 
 const TG_DEFAULT: &str = "integrity.tg_default";
@@ -1159,7 +1209,9 @@ fn default_config(f: &Fired<'_>) -> DefaultConfig {
 
 /// BEFORE INSERT (or UPDATE) FOR EACH ROW: a NULL in each named column
 /// becomes its value.
-#[pg_trigger]
+#[pg_trigger(
+    sql = "CREATE FUNCTION tg_default() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'tg_default_checked';"
+)]
 fn tg_default<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
@@ -1214,7 +1266,9 @@ fn link_config(f: &Fired<'_>) -> LinkConfig {
 
 /// BEFORE INSERT OR UPDATE FOR EACH ROW: `status_col` is `linked_value`
 /// when `fk_col` is set, `unlinked_value` when it is NULL.
-#[pg_trigger]
+#[pg_trigger(
+    sql = "CREATE FUNCTION tg_link_status() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'tg_link_status_checked';"
+)]
 fn tg_link_status<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
@@ -1315,7 +1369,9 @@ fn implies_rejects(f: &Fired<'_>, cfg: &ImpliesConfig, have: Option<pg_sys::Datu
 /// BEFORE INSERT OR UPDATE FOR EACH ROW: when `if_col = if_value`,
 /// `then_col` must be `then_value`: corrected (default) or the row refused
 /// with 23514 (`'reject'`).
-#[pg_trigger]
+#[pg_trigger(
+    sql = "CREATE FUNCTION tg_implies() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'tg_implies_checked';"
+)]
 fn tg_implies<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
@@ -1382,7 +1438,9 @@ struct ByIndex {
 /// parent's `flag_col` (and `count_col`) follow whether (how many) child
 /// rows point at it; with `deleted_col`, only children whose `deleted_col`
 /// is NULL (or, for a boolean, not true) count.
-#[pg_trigger]
+#[pg_trigger(
+    sql = "CREATE FUNCTION tg_child_flag() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'tg_child_flag_checked';"
+)]
 fn tg_child_flag<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
@@ -2267,8 +2325,37 @@ fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::testutil::{one, sqlstate, text};
+    use crate::testutil::{error_message, one, sqlstate, text};
     use pgrx::prelude::*;
+
+    /// A trigger function called as a plain function is a caller's
+    /// mistake (39P01, as contrib's trigger functions say), not an
+    /// internal error; and still works as the trigger it is.
+    #[pg_test]
+    fn a_trigger_function_called_directly_is_refused_by_name() {
+        for f in [
+            "tg_default",
+            "tg_link_status",
+            "tg_implies",
+            "tg_child_flag",
+        ] {
+            let sql = format!("SELECT integrity.{f}()");
+            assert_eq!(sqlstate(&sql), "39P01", "{sql}");
+            let msg = error_message(&sql);
+            assert!(
+                msg.contains(&format!("integrity.{f}")) && msg.contains("called directly"),
+                "{msg}"
+            );
+        }
+        Spi::run(
+            "CREATE TABLE tgd (id int, x text);
+             CREATE TRIGGER d BEFORE INSERT ON tgd FOR EACH ROW
+               EXECUTE FUNCTION integrity.tg_default('x', 'set');
+             INSERT INTO tgd (id) VALUES (1);",
+        )
+        .unwrap();
+        assert_eq!(text("SELECT x FROM tgd WHERE id = 1"), "set");
+    }
 
     /// Our BEFORE ROW triggers that fire one after another are enforced
     /// as a group (NEW formed once); the result must be what the triggers
