@@ -156,14 +156,24 @@ CREATE FUNCTION integrity.recent_failures(lim integer DEFAULT 20)
 RETURNS TABLE (id bigint, org_id uuid, job_id text, event_type text, status integrity.delivery_status,
                attempts integer, max_attempts integer, last_error text, last_attempt_at timestamptz,
                next_attempt_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT d.id, d.org_id, d.job_id, d.event_type, d.status, d.attempts, d.max_attempts, d.last_error,
-       d.last_attempt_at, CASE WHEN d.status = 'failed' THEN d.next_attempt_at END
-  FROM integrity.deliveries d
- WHERE d.last_error IS NOT NULL AND d.status IN ('failed', 'dead_letter', 'pending', 'processing')
- ORDER BY d.last_attempt_at DESC NULLS LAST
- LIMIT greatest(coalesce(lim, 20), 0)
+BEGIN
+    -- NULL is the default, as the reports' NULL range is theirs.
+    lim := coalesce(lim, 20);
+    IF lim < 0 THEN
+        RAISE EXCEPTION 'integrity.recent_failures: lim must not be negative, got %', lim
+            USING ERRCODE = '22023',
+                  HINT = 'Pass how many failures to list, such as 20 (the default when left out).';
+    END IF;
+    RETURN QUERY
+    SELECT d.id, d.org_id, d.job_id, d.event_type, d.status, d.attempts, d.max_attempts, d.last_error,
+           d.last_attempt_at, CASE WHEN d.status = 'failed' THEN d.next_attempt_at END
+      FROM integrity.deliveries d
+     WHERE d.last_error IS NOT NULL AND d.status IN ('failed', 'dead_letter', 'pending', 'processing')
+     ORDER BY d.last_attempt_at DESC NULLS LAST
+     LIMIT lim;
+END
 $$;
 COMMENT ON FUNCTION integrity.recent_failures(integer) IS
 'The lim most recently failed deliveries that are not completed (waiting for a retry, dead-lettered, or retrying now), newest first, with their last error.';

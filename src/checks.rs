@@ -243,7 +243,9 @@ fn add_check(
 ) -> JsonB {
     let name = required(name, ADD_CHECK, "name");
     let query = required(query, ADD_CHECK, "query");
-    let severity = severity.unwrap_or("warning");
+    // A NULL is refused, as for every argument with a default: the
+    // default is what leaving the argument out gives.
+    let severity = required(severity, ADD_CHECK, "severity");
     let auto_fix = auto_fix.unwrap_or(false);
     let replace = replace.unwrap_or(false);
     let search_path = required(search_path, ADD_CHECK, "search_path");
@@ -719,14 +721,31 @@ fn check_once(
             .map(|r| (r.get(1).ok().flatten(), r.get(2).ok().flatten()))
             .collect();
         let checked = c.checked.as_deref().map(|q| {
-            client
+            let n = client
                 .update(q, Some(1), &[timestamptz(c.since)])
                 .unwrap_or_else(|e| crate::errors::bug(format!("check checked: {e}")))
                 .first()
                 .get_one::<i64>()
                 .ok()
-                .flatten()
-                .unwrap_or(0)
+                .flatten();
+            match n {
+                Some(n) if n >= 0 => n,
+                // A count of subjects: a NULL (no row, or count over
+                // nothing written as sum()) or a negative one is the
+                // query's mistake, stored nowhere.
+                Some(n) => raise(
+                    Kind::InvalidParameter,
+                    RUN_CHECKS,
+                    format!("check {:?}: its checked query returned {n}, not a count", c.name),
+                    "Make checked return the number of subjects looked at, such as SELECT count(*) FROM calls WHERE created_at >= $1.",
+                ),
+                None => raise(
+                    Kind::NullValue,
+                    RUN_CHECKS,
+                    format!("check {:?}: its checked query returned no count (NULL or no row)", c.name),
+                    "Make checked return one row with the number of subjects looked at, such as SELECT count(*) FROM calls WHERE created_at >= $1.",
+                ),
+            }
         });
         (rows, checked)
     });
@@ -943,6 +962,7 @@ mod tests {
             ("SELECT integrity.add_check('a', NULL)".to_string(), "22004"),
             (format!("SELECT integrity.add_check('', {ok})"), "22023"),
             (format!("SELECT integrity.add_check('a', {ok}, severity => 'loud')"), "22023"),
+            (format!("SELECT integrity.add_check('a', {ok}, severity => NULL)"), "22004"),
             (format!("SELECT integrity.add_check('a', {ok}, auto_fix => true)"), "22023"),
             (format!("SELECT integrity.add_check('a', {ok}, throttle => '-1 minute')"), "22023"),
             (format!("SELECT integrity.add_check('a', {ok}, throttle => '1000000 years')"), "22008"),
@@ -1224,6 +1244,31 @@ mod tests {
         Spi::run("SELECT integrity.add_check('d_null', 'SELECT NULL::text, ''{}''::jsonb')")
             .unwrap();
         assert_eq!(run("d_null"), "-/0/0/0/22004");
+        // So does a checked count that is negative (22023), NULL or no
+        // row at all (22004); none is stored as a count.
+        Spi::run(
+            "SELECT integrity.add_check('e_neg', 'SELECT ''x'', ''{}''::jsonb WHERE false',
+                                        checked => 'SELECT -3::bigint');
+             SELECT integrity.add_check('f_nullcount', 'SELECT ''x'', ''{}''::jsonb WHERE false',
+                                        checked => 'SELECT NULL::bigint');
+             SELECT integrity.add_check('g_norow', 'SELECT ''x'', ''{}''::jsonb WHERE false',
+                                        checked => 'SELECT 1::bigint WHERE false');
+             SELECT integrity.add_check('h_zero', 'SELECT ''x'', ''{}''::jsonb WHERE false',
+                                        checked => 'SELECT 0::bigint');",
+        )
+        .unwrap();
+        assert_eq!(run("e_neg"), "-/0/0/0/22023");
+        assert_eq!(run("f_nullcount"), "-/0/0/0/22004");
+        assert_eq!(run("g_norow"), "-/0/0/0/22004");
+        assert_eq!(run("h_zero"), "0/0/0/0/ok");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.check_runs WHERE check_name IN ('e_neg', 'f_nullcount', 'g_norow') AND checked IS NOT NULL"),
+            Some(0)
+        );
+        assert!(
+            text("SELECT last_error FROM integrity.checks WHERE name = 'e_neg'")
+                .contains("returned -3, not a count"),
+        );
         // The built-in checks run clean on empty tables.
         assert_eq!(run("integrity.overlapping_bookings"), "0/0/0/0/ok");
         assert_eq!(run("integrity.stuck_idempotency_keys"), "0/0/0/0/ok");

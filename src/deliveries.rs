@@ -293,6 +293,19 @@ fn claim(
             "Pass the time a worker needs for one delivery, e.g. lease => '30 seconds'.",
         );
     }
+    // A NULL type matches no delivery: a worker passing one would claim
+    // nothing, silently. (An empty array claims nothing, as asked.)
+    if event_types
+        .as_ref()
+        .is_some_and(|t| t.iter().any(Option::is_none))
+    {
+        raise(
+            Kind::NullValue,
+            F,
+            "event_types must not contain NULL",
+            "List the event types to claim, or pass event_types => NULL (the default) for all.",
+        );
+    }
     let rows = Spi::connect_mut(|client| {
         // Rescuing expired leases is a slow path: looked for at most every
         // RESCUE_EVERY per backend while work flows, and whenever a claim
@@ -971,6 +984,18 @@ mod tests {
             text("SELECT string_agg(job_id, ',') FROM integrity.recent_failures()"),
             "a"
         );
+        assert_eq!(
+            text("SELECT string_agg(job_id, ',') FROM integrity.recent_failures(NULL)"),
+            "a"
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM integrity.recent_failures(0)"),
+            Some(0)
+        );
+        assert_eq!(
+            sqlstate("SELECT * FROM integrity.recent_failures(-1)"),
+            "22023"
+        );
     }
 
     #[pg_test]
@@ -1201,6 +1226,10 @@ mod tests {
                 "SELECT integrity.set_retry_schedule('e', ARRAY['-1 second']::interval[])"
                     .to_string(),
                 "22023",
+            ),
+            (
+                "SELECT * FROM integrity.claim('w', event_types => ARRAY['a', NULL])".to_string(),
+                "22004",
             ),
             (
                 "SELECT integrity.set_retry_schedule('e', ARRAY[NULL]::interval[])".to_string(),

@@ -42,6 +42,8 @@ pub enum Kind {
     DatatypeMismatch,
     /// 42601: a statement that must be one query is something else.
     SyntaxError,
+    /// 42602: a name that does not parse as one (`'a..b'`, `'"open'`).
+    InvalidName,
     /// 40001: the transaction's snapshot cannot see what it must; retry.
     SerializationFailure,
     /// 42809: the object is of the wrong kind (a view where a table is needed).
@@ -74,6 +76,7 @@ impl Kind {
             Kind::DuplicateObject => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             Kind::DatatypeMismatch => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
             Kind::SyntaxError => PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            Kind::InvalidName => PgSqlErrorCode::ERRCODE_INVALID_NAME,
             Kind::SerializationFailure => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             Kind::WrongObjectType => PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             Kind::InsufficientPrivilege => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

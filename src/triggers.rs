@@ -439,6 +439,24 @@ impl Memory {
     }
 }
 
+/// Each column in one role only: `cols` are the columns with their
+/// argument positions; two naming the same column is 22023 (a rule whose
+/// status column is its fk, say, would overwrite the fk it reads).
+fn one_role_each(f: &Fired<'_>, cols: &[(&Col, usize)], example: &str) {
+    for (i, (a, pa)) in cols.iter().enumerate() {
+        if let Some((_, pb)) = cols[i + 1..].iter().find(|(b, _)| b.attnum == a.attnum) {
+            f.mistake(
+                Kind::InvalidParameter,
+                format!(
+                    "arguments {pa} and {pb} name the same column {}; each column can play one part",
+                    literal(&a.name)
+                ),
+                example,
+            );
+        }
+    }
+}
+
 /// The column `name` of `relid` (the trigger's table when `relid` is
 /// its own), or the mistake.
 /// Column `name` of `relid`, one our rules read before the row is stored
@@ -1200,7 +1218,13 @@ fn default_config(f: &Fired<'_>) -> DefaultConfig {
             let v = value(f, &col, &pair[1], 2 * i + 2, &mem, &example());
             (col, v)
         })
+        .collect::<Vec<_>>();
+    let cols: Vec<(&Col, usize)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| (c, 2 * i + 1))
         .collect();
+    one_role_each(f, &cols, &example());
     DefaultConfig {
         pairs,
         _memory: mem.keep(),
@@ -1251,6 +1275,7 @@ fn link_config(f: &Fired<'_>) -> LinkConfig {
     let mem = memory();
     let fk = column(f, f.relid(), &args[0], 1, &example());
     let status = column(f, f.relid(), &args[1], 2, &example());
+    one_role_each(f, &[(&fk, 1), (&status, 2)], &example());
     let linked = value(f, &status, &args[2], 3, &mem, &example());
     let unlinked = value(f, &status, &args[3], 4, &mem, &example());
     let eq = equality(f, &status, &example());
@@ -1323,6 +1348,7 @@ fn implies_config(f: &Fired<'_>) -> ImpliesConfig {
     let if_col = column(f, f.relid(), &args[0], 1, &example());
     let if_value = value(f, &if_col, &args[1], 2, &mem, &example());
     let then_col = column(f, f.relid(), &args[2], 3, &example());
+    one_role_each(f, &[(&if_col, 1), (&then_col, 3)], &example());
     let then_value = value(f, &then_col, &args[3], 4, &mem, &example());
     let if_eq = equality(f, &if_col, &example());
     let then_eq = equality(f, &then_col, &example());
@@ -2293,11 +2319,33 @@ fn count_children(f: &Fired<'_>, cfg: &ChildConfig, ix: &ByIndex, parent: pg_sys
 /// table's schema.
 fn parent_table(f: &impl Site, name: &str, example: &str) -> Oid {
     let c = CString::new(name).unwrap_or_default();
-    // SAFETY: parses a possibly qualified name and looks it up without
-    // locking (the statements lock it when they run).
+    // A malformed name ('a..b', 'x.y.z.w', '"open') is this argument's
+    // mistake, said with its SQLSTATE (42602 / 42601) and our example,
+    // not Postgres's bare parse error. The parse allocates in the
+    // caller's memory context, so the RangeVar outlives the
+    // subtransaction.
+    let parsed = crate::errors::in_subtransaction(|| {
+        // SAFETY: parses the name; errors are caught around it.
+        unsafe {
+            let names = pg_sys::stringToQualifiedNameList(c.as_ptr());
+            pg_sys::makeRangeVarFromNameList(names)
+        }
+    });
+    let rv = match parsed {
+        Ok(rv) => rv,
+        Err(e) => f.mistake(
+            if e.code == PgSqlErrorCode::ERRCODE_SYNTAX_ERROR {
+                Kind::SyntaxError
+            } else {
+                Kind::InvalidName
+            },
+            format!("argument 1 is not a table name: {name:?} ({})", e.message),
+            example,
+        ),
+    };
+    // SAFETY: looks the parsed name up without locking (the statements
+    // lock it when they run).
     let oid = unsafe {
-        let names = pg_sys::stringToQualifiedNameList(c.as_ptr());
-        let rv = pg_sys::makeRangeVarFromNameList(names);
         if (*rv).schemaname.is_null() {
             (*rv).schemaname = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(f.counted()));
         }
@@ -2877,6 +2925,22 @@ mod tests {
                 "tg_child_flag('nosuch', 'id', 'm_id', 'b')",
                 "42P01",
             ),
+            // Names that do not parse, said as this argument's mistake.
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('a..b', 'id', 'm_id', 'b')",
+                "42602",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('\"open', 'id', 'm_id', 'b')",
+                "42602",
+            ),
+            (
+                "AFTER INSERT ON tgm_kids FOR EACH ROW",
+                "tg_child_flag('w.x.y.z', 'id', 'm_id', 'b')",
+                "42601",
+            ),
             (
                 "AFTER INSERT ON tgm_kids FOR EACH ROW",
                 "tg_child_flag('tgm', 'id', 'm_id', 't')",
@@ -2902,6 +2966,23 @@ mod tests {
             (
                 "AFTER INSERT ON tgm_kids FOR EACH ROW",
                 "tg_child_flag('tgm', 'id', 'id', 'b', 'id')",
+                "22023",
+            ),
+            // One column in two parts of a rule: the status overwrote
+            // the fk it is derived from; the implied value the condition.
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_link_status('t', 't', 'a', 'b')",
+                "22023",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_implies('t', 'a', 't', 'b')",
+                "22023",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('t', 'a', 'n', '1', 't', 'b')",
                 "22023",
             ),
             // A smallint count overflows at 32,768 children.
