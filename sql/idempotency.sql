@@ -43,8 +43,12 @@ CREATE TABLE integrity.idempotency_keys (
 -- BRIN, not btree: expires_at grows with insertion order, purge reads
 -- whole ranges of old keys, and a BRIN entry costs almost nothing on
 -- the idem_begin insert that every request pays.
+-- pages_per_range is stated because purge_idempotency_keys forgets the
+-- summary of each 128-page range it deleted from (see PURGE in
+-- src/idempotency.rs): space freed by a purge is reused by new keys, whose
+-- expires_at would otherwise widen the old ranges' summaries for good.
 CREATE INDEX idempotency_keys_expires_idx ON integrity.idempotency_keys
-    USING brin (expires_at) WITH (autosummarize = on);
+    USING brin (expires_at) WITH (autosummarize = on, pages_per_range = 128);
 
 COMMENT ON TABLE integrity.idempotency_keys IS
 'One row per (org_id, scope, key): the request''s fingerprint, whether its work is processing (under a lease), completed or failed, and the response replayed to retries. Written through integrity.idem_begin / idem_checkpoint / idem_complete / idem_fail; purged by integrity.purge_idempotency_keys.';
