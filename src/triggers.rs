@@ -511,6 +511,25 @@ fn column_any(f: &impl Site, relid: Oid, name: &str, arg: usize, example: &str) 
 fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example: &str) -> Value {
     let c = CString::new(text).unwrap_or_default();
     let (typid, typmod) = (col.typid, col.typmod);
+    // A value is converted once per session and kept: 'now' would be the
+    // moment the session first fired the trigger, the same for every row
+    // after it (as a column DEFAULT 'now' is the moment of CREATE TABLE).
+    let relative = ["now", "today", "tomorrow", "yesterday"];
+    if relative.contains(&text.trim().to_ascii_lowercase().as_str()) && is_datetime(typid) {
+        f.mistake(
+            Kind::InvalidParameter,
+            format!(
+                "argument {arg} ({}) is a moment relative to when it is read, and trigger arguments are read once per session; column {:?} would get that one moment in every row",
+                literal(text),
+                col.name
+            ),
+            &format!(
+                "{example}; for the time of each row, give the column a DEFAULT: ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now()",
+                f.table(),
+                crate::names::quote(&col.name)
+            ),
+        );
+    }
     // SAFETY: the input function of the column's type, converting into the
     // trigger's own memory; an error is caught by the subtransaction.
     let result = crate::errors::in_subtransaction(|| unsafe {
@@ -539,6 +558,17 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
             e.message,
             format!("For example: {example}"),
         ),
+    }
+}
+
+/// Whether `typid` (or the type a domain is over) is a date or time type.
+fn is_datetime(typid: Oid) -> bool {
+    // SAFETY: catalog lookups of a column's type, which exists.
+    unsafe {
+        let base = pg_sys::getBaseType(typid);
+        let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
+        pg_sys::get_type_category_preferred(base, &mut category, &mut preferred);
+        category as u8 == pg_sys::TYPCATEGORY_DATETIME as u8
     }
 }
 
@@ -2849,7 +2879,7 @@ mod tests {
     #[pg_test]
     fn trigger_mistakes_name_the_trigger_and_get_a_clear_sqlstate() {
         Spi::run(
-            "CREATE TABLE tgm (id int PRIMARY KEY, n int, b boolean, t text, s smallint);
+            "CREATE TABLE tgm (id int PRIMARY KEY, n int, b boolean, t text, s smallint, ts timestamptz, d date);
              CREATE TABLE tgm_kids (id int, m_id text);",
         )
         .unwrap();
@@ -2983,6 +3013,17 @@ mod tests {
             (
                 "BEFORE INSERT ON tgm FOR EACH ROW",
                 "tg_default('t', 'a', 'n', '1', 't', 'b')",
+                "22023",
+            ),
+            // 'now' read once per session would stamp every row alike.
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('ts', 'now')",
+                "22023",
+            ),
+            (
+                "BEFORE INSERT ON tgm FOR EACH ROW",
+                "tg_default('d', ' Today ')",
                 "22023",
             ),
             // A smallint count overflows at 32,768 children.
