@@ -33,6 +33,15 @@ pub fn type_name(t: Oid) -> String {
     }
 }
 
+/// A type's category (`pg_type.typcategory`: `S` string, `D` date/time,
+/// …); a domain has its base type's.
+pub fn type_category(t: Oid) -> u8 {
+    let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
+    // SAFETY: a catalog lookup by OID.
+    unsafe { pg_sys::get_type_category_preferred(t, &mut category, &mut preferred) };
+    category as u8
+}
+
 pub fn quote(ident: &str) -> String {
     let c = CString::new(ident).unwrap_or_default();
     // SAFETY: quote_identifier of a NUL-terminated string.

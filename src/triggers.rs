@@ -442,7 +442,7 @@ impl Memory {
 /// Each column in one role only: `cols` are the columns with their
 /// argument positions; two naming the same column is 22023 (a rule whose
 /// status column is its fk, say, would overwrite the fk it reads).
-fn one_role_each(f: &Fired<'_>, cols: &[(&Col, usize)], example: &str) {
+fn one_role_each(f: &impl Site, cols: &[(&Col, usize)], example: &str) {
     for (i, (a, pa)) in cols.iter().enumerate() {
         if let Some((_, pb)) = cols[i + 1..].iter().find(|(b, _)| b.attnum == a.attnum) {
             f.mistake(
@@ -515,7 +515,9 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
     // moment the session first fired the trigger, the same for every row
     // after it (as a column DEFAULT 'now' is the moment of CREATE TABLE).
     let relative = ["now", "today", "tomorrow", "yesterday"];
-    if relative.contains(&text.trim().to_ascii_lowercase().as_str()) && is_datetime(typid) {
+    if relative.contains(&text.trim().to_ascii_lowercase().as_str())
+        && crate::names::type_category(typid) == pg_sys::TYPCATEGORY_DATETIME
+    {
         f.mistake(
             Kind::InvalidParameter,
             format!(
@@ -558,17 +560,6 @@ fn value(f: &Fired<'_>, col: &Col, text: &str, arg: usize, mem: &Memory, example
             e.message,
             format!("For example: {example}"),
         ),
-    }
-}
-
-/// Whether `typid` (or the type a domain is over) is a date or time type.
-fn is_datetime(typid: Oid) -> bool {
-    // SAFETY: catalog lookups of a column's type, which exists.
-    unsafe {
-        let base = pg_sys::getBaseType(typid);
-        let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
-        pg_sys::get_type_category_preferred(base, &mut category, &mut preferred);
-        category as u8 == pg_sys::TYPCATEGORY_DATETIME as u8
     }
 }
 
@@ -1929,44 +1920,22 @@ fn child_args(f: &impl Site, example: &str) -> ChildArgs {
         .get(5)
         .filter(|c| !c.is_empty())
         .map(|c| column_any(f, f.relid(), c, 6, example));
-    // Each role its own column: a count kept in the parent key rewrote the
-    // parent's key with its number of children, and a soft-delete column
-    // that is the child's key to its parent counted no child.
-    let wrong = |n: usize, why: String| -> ! {
-        f.mistake(
-            Kind::InvalidParameter,
-            format!("argument {n}: {why}"),
-            example,
-        )
-    };
-    if key.attnum == flag.attnum {
-        wrong(
-            4,
-            format!("the flag column {:?} cannot be the parent key", flag.name),
-        );
-    }
+    // Each role its own column, among the parent's columns and among the
+    // child's: a count kept in the parent key rewrote the parent's key
+    // with its number of children, and a soft-delete column that is the
+    // child's key to its parent counted no child.
+    let mut parent_cols = vec![(&key, 2), (&flag, 4)];
+    parent_cols.extend(count.as_ref().map(|c| (c, 5)));
+    one_role_each(f, &parent_cols, example);
+    let mut child_cols = vec![(&fk, 3)];
+    child_cols.extend(deleted.as_ref().map(|d| (d, 6)));
+    one_role_each(f, &child_cols, example);
     if let Some(c) = &count {
-        if c.attnum == key.attnum || c.attnum == flag.attnum {
-            wrong(
-                5,
-                format!(
-                    "the count column {:?} cannot be the parent key or the flag column",
-                    c.name
-                ),
-            );
-        }
         if c.typid != pg_sys::INT4OID && c.typid != pg_sys::INT8OID {
-            wrong(5, format!("the count column {:?} of {} must be integer or bigint (a smallint overflows at 32,768 children)", c.name, qualified(parent)));
-        }
-    }
-    if let Some(d) = &deleted {
-        if d.attnum == fk.attnum {
-            wrong(
-                6,
-                format!(
-                    "the soft-delete column {:?} cannot be the child's key column",
-                    d.name
-                ),
+            f.mistake(
+                Kind::InvalidParameter,
+                format!("argument 5: the count column {:?} of {} must be integer or bigint (a smallint overflows at 32,768 children)", c.name, qualified(parent)),
+                example,
             );
         }
     }

@@ -147,10 +147,7 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
         );
     }
     let c = column(F, "col", relid, col);
-    let (mut category, mut preferred) = (0 as std::ffi::c_char, false);
-    // SAFETY: a catalog lookup of the column's type.
-    unsafe { pg_sys::get_type_category_preferred(c.typid, &mut category, &mut preferred) };
-    let is_string = category as u8 == pg_sys::TYPCATEGORY_STRING;
+    let is_string = crate::names::type_category(c.typid) == pg_sys::TYPCATEGORY_STRING;
     // SAFETY: a catalog lookup by OIDs. The index is a B-tree on the
     // column (lower() of it, text, for a string): a type without a B-tree
     // operator class cannot be in it, which the build would only say later
