@@ -510,16 +510,16 @@ impl KeyRow {
 /// A response code as `idem_complete` and `idem_fail` store it: an HTTP
 /// status, 100 to 599, replayed to every retry, so a slip such as `-1` or
 /// `2010` is refused in the call rather than answered for 24 hours.
-fn http_status(f: &'static str, code: Option<i32>) -> Option<i32> {
-    match code {
-        Some(c) if !(100..=599).contains(&c) => raise(
+fn http_status(f: &'static str, code: i32) -> i32 {
+    if !(100..=599).contains(&code) {
+        raise(
             Kind::InvalidParameter,
             f,
-            format!("response_code must be an HTTP status code from 100 to 599, got {c}"),
+            format!("response_code must be an HTTP status code from 100 to 599, got {code}"),
             "Pass the status the request answered, such as 201; a retry is replayed this code.",
-        ),
-        c => c,
+        );
     }
+    code
 }
 
 fn outcome(text: String) -> Jsonb {
@@ -707,8 +707,7 @@ fn idem_complete(
 ) -> Jsonb {
     const F: &str = "integrity.idem_complete";
     let k = key_args(F, org_id, scope, key);
-    let code = required(response_code, F, "response_code");
-    http_status(F, Some(code));
+    let code = http_status(F, required(response_code, F, "response_code"));
     let how = direct::Settle::Complete {
         code: Some(code),
         response: response.as_ref(),
@@ -733,7 +732,7 @@ fn idem_fail(
     const F: &str = "integrity.idem_fail";
     let k = key_args(F, org_id, scope, key);
     let retryable = required(retryable, F, "retryable");
-    let response_code = http_status(F, response_code);
+    let response_code = response_code.map(|c| http_status(F, c));
     let how = direct::Settle::Fail {
         retryable,
         response: error.as_ref(),
