@@ -1,13 +1,10 @@
 -- Shared objects every capability relies on: tenant scoping.
 -- (The schema itself is created by CREATE EXTENSION from integrity.control.)
 
-CREATE FUNCTION integrity.current_org() RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NULLIF(pg_catalog.current_setting('integrity.org_id', true), '')::uuid $$;
-
+-- integrity.current_org() is defined in src/access.rs: it names the
+-- setting when integrity.org_id is not a uuid.
 COMMENT ON FUNCTION integrity.current_org() IS
-'The tenant the session is scoped to: the uuid in GUC integrity.org_id, or NULL when unset (no scoping). Row-level security on integrity tables uses it.';
+'The tenant the session is scoped to: the uuid in GUC integrity.org_id, or NULL when unset or empty (no scoping); 22P02 naming the setting when it is not a uuid. Row-level security on integrity tables uses it.';
 
 -- How far back a report reaches, checked in one place for
 -- integrity.consistency_report (since) and integrity.delivery_stats (range):

@@ -6,11 +6,69 @@
 use crate::errors::{raise, required, Kind, OrBug};
 use pgrx::prelude::*;
 
+// The shared objects (sql/bootstrap.sql) comment on current_org, defined
+// below, so they come after it.
+pgrx::extension_sql_file!(
+    "../sql/bootstrap.sql",
+    name = "bootstrap",
+    requires = [current_org]
+);
 pgrx::extension_sql_file!(
     "../sql/access_api.sql",
     name = "access_api",
     requires = [grant_access]
 );
+
+/// The tenant the session is scoped to: the uuid in `integrity.org_id`, or
+/// NULL when it is unset or empty. Every table's row-level security policy
+/// calls it, once per row it checks.
+///
+/// It runs no SQL, so it does not pin `search_path`: a `SET` in its
+/// definition would cost each row a GUC save and restore (see Security in
+/// README).
+#[pg_extern(stable, parallel_safe)]
+fn current_org() -> Option<pgrx::datum::Uuid> {
+    session_org()
+}
+
+/// `integrity.org_id` as a uuid: `None` when it is unset or empty, and
+/// 22P02 naming the setting when it is not a uuid (Postgres's own cast
+/// would say only "invalid input syntax for type uuid").
+pub fn session_org() -> Option<pgrx::datum::Uuid> {
+    use pgrx::pg_sys;
+    // SAFETY: GetConfigOption returns the setting's current string (valid
+    // until the setting changes, which nothing here does) or NULL. uuid_in
+    // reads that string and allocates its result; its one ERROR (the text
+    // is not a uuid) can be caught without a subtransaction and answered
+    // with ours.
+    unsafe {
+        let p = crate::direct::plain::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
+        if p.is_null() || *p == 0 {
+            return None;
+        }
+        let parsed = pgrx::PgTryBuilder::new(|| {
+            pgrx::direct_function_call::<pgrx::datum::Uuid>(
+                pg_sys::uuid_in,
+                &[Some(pg_sys::Datum::from(p))],
+            )
+        })
+        .catch_when(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            |_| None,
+        )
+        .execute();
+        if parsed.is_none() {
+            let text = std::ffi::CStr::from_ptr(p).to_string_lossy();
+            raise(
+                Kind::InvalidTextRepresentation,
+                "integrity.org_id",
+                format!("{text:?} is not a uuid"),
+                "SET integrity.org_id to the tenant's uuid (e.g. '0000000a-0000-0000-0000-000000000000'), or RESET integrity.org_id for a session scoped to no tenant.",
+            );
+        }
+        parsed
+    }
+}
 
 /// Grant `role` what the integrity API needs: USAGE on the schema, EXECUTE on
 /// its functions, SELECT/INSERT/UPDATE on its tables, USAGE on its sequences.
@@ -60,6 +118,53 @@ mod tests {
 
     const ORG: &str = "0000000c-0000-0000-0000-000000000001";
     const OTHER: &str = "0000000c-0000-0000-0000-000000000002";
+
+    #[pg_test]
+    fn current_org_reads_the_setting_and_names_it_when_malformed() {
+        use crate::testutil::{error_message, sqlstate};
+        assert_eq!(one::<String>("SELECT integrity.current_org()::text"), None);
+        Spi::run("SET LOCAL integrity.org_id = ''").unwrap();
+        assert_eq!(one::<String>("SELECT integrity.current_org()::text"), None);
+        Spi::run(&format!("SET LOCAL integrity.org_id = '{ORG}'")).unwrap();
+        assert_eq!(
+            one::<String>("SELECT integrity.current_org()::text").as_deref(),
+            Some(ORG)
+        );
+        // Whatever uuid_in accepts: upper case, braces, no hyphens.
+        Spi::run("SET LOCAL integrity.org_id = '{0000000C00000000000000000000000A}'").unwrap();
+        assert_eq!(
+            one::<String>("SELECT integrity.current_org()::text").as_deref(),
+            Some("0000000c-0000-0000-0000-00000000000a")
+        );
+        for bad in ["not-a-uuid", " ", "0000000c-0000-0000-0000-00000000000"] {
+            Spi::run(&format!("SET LOCAL integrity.org_id = '{bad}'")).unwrap();
+            assert_eq!(
+                sqlstate("SELECT integrity.current_org()"),
+                "22P02",
+                "{bad:?}"
+            );
+            let message = error_message("SELECT integrity.current_org()");
+            assert!(
+                message.contains("integrity.org_id") && message.contains(&format!("{bad:?}")),
+                "{bad:?}: {message}"
+            );
+        }
+        // Through a table's policy, as a scoped role reads it.
+        Spi::run("CREATE ROLE integrity_test_malformed").unwrap();
+        Spi::run("SELECT integrity.grant_access('integrity_test_malformed')").unwrap();
+        Spi::run("SET LOCAL ROLE integrity_test_malformed").unwrap();
+        let read = "SELECT count(*) FROM integrity.idempotency_keys";
+        assert_eq!(sqlstate(read), "22P02");
+        // error_message's helper, made above, replaced only by its owner.
+        let message = Spi::get_one_with_args::<String>(
+            "SELECT pg_temp.integrity_message($1)",
+            &[read.into()],
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert!(message.contains("integrity.org_id"), "{message}");
+        Spi::run("RESET ROLE").unwrap();
+    }
 
     #[pg_test]
     fn views_show_a_scoped_role_its_own_tenant_only() {

@@ -1646,13 +1646,15 @@ mod tests {
         let taken = book(ORG, RES2, "2026-12-01 10:30+00", "1 hour");
         assert_eq!(taken["reason"], "slot_taken", "{taken}");
         assert_eq!(taken["conflicts"].as_array().map(Vec::len), Some(1));
-        // A malformed tenant id fails as the policy's cast would.
+        // A malformed tenant id is 22P02 naming the setting.
         Spi::run("SET LOCAL integrity.org_id = 'not-a-uuid'").unwrap();
-        assert_eq!(
-            sqlstate(&format!(
-                "SELECT integrity.book('{ORG}', '{RES2}', '2026-12-02 10:00+00', '1 hour')"
-            )),
-            "22P02"
+        let malformed =
+            format!("SELECT integrity.book('{ORG}', '{RES2}', '2026-12-02 10:00+00', '1 hour')");
+        assert_eq!(sqlstate(&malformed), "22P02");
+        let message = crate::testutil::error_message(&malformed);
+        assert!(
+            message.contains("integrity.org_id: \"not-a-uuid\" is not a uuid"),
+            "{message}"
         );
         Spi::run("RESET ROLE").unwrap();
     }

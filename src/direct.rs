@@ -836,16 +836,7 @@ pub unsafe fn index_scan(
 
 /// `integrity.current_org() IS NULL OR org_id = integrity.current_org()`.
 fn tenant_in_scope(org_id: Uuid) -> bool {
-    // SAFETY: GetConfigOption returns the setting's current string or NULL;
-    // uuid_in parses it, raising 22P02 as the policy's cast would.
-    unsafe {
-        let p = plain::GetConfigOption(c"integrity.org_id".as_ptr(), true, false);
-        if p.is_null() || *p == 0 {
-            return true;
-        }
-        pgrx::direct_function_call::<Uuid>(pg_sys::uuid_in, &[Some(pg_sys::Datum::from(p))])
-            == Some(org_id)
-    }
+    crate::access::session_org().is_none_or(|org| org == org_id)
 }
 
 /// Work out the shape of the open relation `rel`.

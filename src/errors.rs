@@ -54,6 +54,9 @@ pub enum Kind {
     DuplicateTable,
     /// 53400: a server limit is reached (e.g. no background worker slot).
     ConfigurationLimitExceeded,
+    /// 22P02: a value that does not parse as its type (a setting that is
+    /// not a uuid).
+    InvalidTextRepresentation,
 }
 
 impl Kind {
@@ -84,6 +87,7 @@ impl Kind {
             Kind::ConfigurationLimitExceeded => {
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED
             }
+            Kind::InvalidTextRepresentation => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
         }
     }
 }

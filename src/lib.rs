@@ -48,8 +48,6 @@ mod unique;
 #[cfg(any(test, feature = "pg_test"))]
 mod testutil;
 
-pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap");
-
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
