@@ -152,6 +152,19 @@ fn saga_step(
     const F: &str = "integrity.saga_step";
     let id = required(saga_id, F, "saga_id");
     let step = text_arg(F, "step", step, 255);
+    // JSON null would be handed out by an abort as a compensation to carry
+    // out; "nothing to undo" is SQL NULL, which hands out nothing.
+    if compensation
+        .as_ref()
+        .is_some_and(|c| c.type_name() == "null")
+    {
+        raise(
+            Kind::InvalidParameter,
+            F,
+            format!("compensation of step {step:?} is JSON null"),
+            "Pass SQL NULL (or leave compensation out) for a step with nothing to undo; otherwise say what undoes it, e.g. '{\"refund\": \"ch_1\"}'.",
+        );
+    }
     Spi::connect_mut(|client| {
         let (status, _) = locked(client, F, id);
         let args = [id.into(), step.into(), compensation.into()];
@@ -443,6 +456,14 @@ mod tests {
             )),
             "22023"
         );
+        // JSON null is not "nothing to undo": refused, and nothing recorded.
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT integrity.saga_step('{id}', 'log', 'null')"
+            )),
+            "22023"
+        );
+        assert_eq!(step("log", "NULL")["seq"], 4);
         let abort = || {
             text(&format!(
                 "SELECT coalesce(string_agg(seq || ':' || step || ':' || compensation::text, ',' ORDER BY ord), '')
@@ -499,7 +520,7 @@ mod tests {
         assert_eq!(
             one::<i64>(&format!(
                 "SELECT count(*) FROM integrity.sagas WHERE id = '{id}' AND status = 'compensated'
-                    AND finished_at IS NOT NULL AND steps = 3"
+                    AND finished_at IS NOT NULL AND steps = 4"
             )),
             Some(1)
         );
