@@ -75,6 +75,53 @@ pub fn relation(f: &'static str, arg: &str, relid: Oid) {
     }
 }
 
+/// What a function needs of a relation it is given.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Needs {
+    /// A table (plain or partitioned): it gets triggers or indexes.
+    Table,
+    /// Rows to read: a table, a view, a materialized view or a foreign
+    /// table.
+    Rows,
+}
+
+/// `relid` is the kind of relation the argument needs, or `42809` saying
+/// what it is instead (an index, a sequence, a view where a table is
+/// needed, …), as Postgres's own "is not a table" does. `relid` exists
+/// (see `relation`).
+pub fn check_kind(f: &'static str, arg: &str, relid: Oid, needs: Needs, hint: &str) {
+    // SAFETY: a catalog lookup of an existing relation.
+    let kind = unsafe { pg_sys::get_rel_relkind(relid) } as u8;
+    let table = kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE;
+    let rows = table
+        || kind == pg_sys::RELKIND_VIEW
+        || kind == pg_sys::RELKIND_MATVIEW
+        || kind == pg_sys::RELKIND_FOREIGN_TABLE;
+    if (needs == Needs::Table && table) || (needs == Needs::Rows && rows) {
+        return;
+    }
+    let what = match kind {
+        pg_sys::RELKIND_INDEX | pg_sys::RELKIND_PARTITIONED_INDEX => "an index",
+        pg_sys::RELKIND_SEQUENCE => "a sequence",
+        pg_sys::RELKIND_VIEW => "a view",
+        pg_sys::RELKIND_MATVIEW => "a materialized view",
+        pg_sys::RELKIND_FOREIGN_TABLE => "a foreign table",
+        pg_sys::RELKIND_COMPOSITE_TYPE => "a composite type",
+        pg_sys::RELKIND_TOASTVALUE => "a TOAST table",
+        _ => "not a table",
+    };
+    let needed = match needs {
+        Needs::Table => "a table",
+        Needs::Rows => "a table or view",
+    };
+    raise(
+        Kind::WrongObjectType,
+        f,
+        format!("{arg}: {} is {what}, not {needed}", qualified(relid)),
+        hint,
+    );
+}
+
 /// The column `name` of `relid`, or `42703` naming the argument.
 pub fn column(f: &'static str, arg: &str, relid: Oid, name: &str) -> Column {
     let c = CString::new(name).unwrap_or_default();

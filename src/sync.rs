@@ -547,6 +547,13 @@ fn find_orphans(
     let integration = text_arg(F, "integration", integration, 255);
     let relid = required(entity_table, F, "entity_table");
     crate::names::relation(F, "entity_table", relid);
+    crate::names::check_kind(
+        F,
+        "entity_table",
+        relid,
+        crate::names::Needs::Rows,
+        "Pass the table (or a view) holding the entities the links point at, e.g. entity_table => 'customers'.",
+    );
     let table = crate::names::qualified(relid);
     let id = crate::names::column(F, "id_col", relid, required(id_col, F, "id_col"));
     let live = match deleted_col {
@@ -785,6 +792,31 @@ mod tests {
         }
         // The SQLSTATE helper is created while the transaction may write.
         assert_eq!(sqlstate("SELECT 1"), "00000");
+        // The entities may be read through a view; an index or a sequence
+        // is refused by name (42809), not read as if it held no entity.
+        Spi::run(
+            "CREATE VIEW fr_customers_v AS SELECT * FROM fr_customers;
+             CREATE SEQUENCE fr_seq;",
+        )
+        .unwrap();
+        assert_eq!(
+            text(
+                "SELECT string_agg(entity_id || ':' || reason, ',')
+                    FROM integrity.find_orphans('fr', 'fr_customers_v')"
+            ),
+            "2:missing"
+        );
+        for (rel, what) in [("fr_customers_pkey", "an index"), ("fr_seq", "a sequence")] {
+            let call = format!("SELECT * FROM integrity.find_orphans('fr', '{rel}')");
+            assert_eq!(sqlstate(&call), "42809", "{rel}");
+            let m = crate::testutil::error_message(&call);
+            assert!(
+                m.contains(&format!(
+                    "entity_table: public.{rel} is {what}, not a table or view"
+                )),
+                "{m}"
+            );
+        }
         // As on a hot standby: looking only is a read, and works there.
         Spi::run("SET LOCAL transaction_read_only = on").unwrap();
         assert_eq!(

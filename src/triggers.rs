@@ -1787,6 +1787,13 @@ fn attach_child_flag(
             "Pass the child table by name: integrity.attach_child_flag('appointments', …).",
         );
     }
+    crate::names::check_kind(
+        F,
+        "child",
+        child,
+        crate::names::Needs::Table,
+        "Pass the child table whose rows point at the parent; its triggers go on the table itself (not on a view over it, an index or a sequence).",
+    );
     let args = [
         crate::errors::required(parent_table, F, "parent_table"),
         crate::errors::required(parent_key, F, "parent_key"),
@@ -2761,6 +2768,21 @@ mod tests {
             text("SELECT array_to_string(integrity.attach_child_flag('tgs_k', 'tgs_p', 'id', 'p_id', 'has', 'n', 'gone'), ',')"),
             "integrity_has_on_insert,integrity_has_on_update,integrity_has_on_delete,integrity_has_on_truncate"
         );
+        // A child that is not a table is named for what it is (42809),
+        // not left to CREATE TRIGGER ("Triggers on views cannot have
+        // transition tables").
+        Spi::run("CREATE VIEW tgs_kv AS SELECT * FROM tgs_k").unwrap();
+        for (child, what) in [("tgs_kv", "a view"), ("tgs_k_pkey", "an index")] {
+            let call = format!(
+                "SELECT integrity.attach_child_flag('{child}', 'tgs_p', 'id', 'p_id', 'has')"
+            );
+            assert_eq!(sqlstate(&call), "42809", "{child}");
+            let m = crate::testutil::error_message(&call);
+            assert!(
+                m.contains(&format!("child: public.{child} is {what}, not a table")),
+                "{m}"
+            );
+        }
         // Attached again (say for another parent whose flag is also "has"):
         // a clear 42710, not an internal error.
         assert_eq!(

@@ -125,18 +125,17 @@ fn wanted(relid: Oid, col: &str, deleted_col: Option<&str>) -> Wanted {
         )
     };
     let table = qualified(relid);
-    if relkind != pg_sys::RELKIND_RELATION && relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
-        raise(
-            Kind::WrongObjectType,
-            F,
-            format!("{table} is not a table"),
-            if relkind == pg_sys::RELKIND_VIEW || relkind == pg_sys::RELKIND_MATVIEW {
-                "Pass the table the view or materialized view reads from."
-            } else {
-                "Pass the table whose rows must be unique (not an index, sequence or type)."
-            },
-        );
-    }
+    crate::names::check_kind(
+        F,
+        "tbl",
+        relid,
+        crate::names::Needs::Table,
+        if relkind == pg_sys::RELKIND_VIEW || relkind == pg_sys::RELKIND_MATVIEW {
+            "Pass the table the view or materialized view reads from."
+        } else {
+            "Pass the table whose rows must be unique (not an index, sequence or type)."
+        },
+    );
     // SAFETY: an ownership check by OIDs.
     if !unsafe { pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId()) } {
         raise(
@@ -969,7 +968,7 @@ mod tests {
         let m = crate::testutil::error_message(
             "SELECT integrity.unique_active('ua_seq', 'last_value')",
         );
-        assert!(m.contains("is not a table"), "{m}");
+        assert!(m.contains("ua_seq is a sequence, not a table"), "{m}");
         assert_eq!(
             sqlstate("SELECT integrity.unique_active('ua_seq', 'last_value')"),
             "42809"
