@@ -46,7 +46,7 @@ COMMENT ON INDEX integrity.alerts_detected_idx IS 'Alerts by time, for reports.'
 -- may log one (a trigger correction is logged by whoever wrote the row).
 ALTER TABLE integrity.alerts ENABLE ROW LEVEL SECURITY;
 CREATE POLICY alerts_org_scope ON integrity.alerts
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 CREATE POLICY alerts_insert ON integrity.alerts FOR INSERT WITH CHECK (true);
 COMMENT ON POLICY alerts_org_scope ON integrity.alerts IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';

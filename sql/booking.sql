@@ -83,12 +83,12 @@ COMMENT ON COLUMN integrity.booking_events.created_at IS 'When the change was ma
 -- sees and writes only that tenant's rows. Unset means no scoping.
 ALTER TABLE integrity.bookings ENABLE ROW LEVEL SECURITY;
 CREATE POLICY bookings_org_scope ON integrity.bookings
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY bookings_org_scope ON integrity.bookings IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 ALTER TABLE integrity.booking_events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY booking_events_org_scope ON integrity.booking_events
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY booking_events_org_scope ON integrity.booking_events IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 

@@ -77,7 +77,7 @@ COMMENT ON INDEX integrity.deliveries_created_idx IS 'Deliveries by age, for pur
 
 ALTER TABLE integrity.deliveries ENABLE ROW LEVEL SECURITY;
 CREATE POLICY deliveries_org_scope ON integrity.deliveries
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY deliveries_org_scope ON integrity.deliveries IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.deliveries', '');

@@ -71,7 +71,7 @@ COMMENT ON INDEX integrity.idempotency_keys_expires_idx IS 'Finds expired keys f
 
 ALTER TABLE integrity.idempotency_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY idempotency_keys_org_scope ON integrity.idempotency_keys
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY idempotency_keys_org_scope ON integrity.idempotency_keys IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 

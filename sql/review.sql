@@ -47,7 +47,7 @@ COMMENT ON INDEX integrity.review_queue_pending_idx IS 'Pending items in the ord
 
 ALTER TABLE integrity.review_queue ENABLE ROW LEVEL SECURITY;
 CREATE POLICY review_queue_org_scope ON integrity.review_queue
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY review_queue_org_scope ON integrity.review_queue IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.review_queue', '');

@@ -69,13 +69,13 @@ COMMENT ON VIEW integrity.stuck_sagas IS
 
 ALTER TABLE integrity.sagas ENABLE ROW LEVEL SECURITY;
 CREATE POLICY sagas_org_scope ON integrity.sagas
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY sagas_org_scope ON integrity.sagas IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.sagas', '');
 ALTER TABLE integrity.saga_steps ENABLE ROW LEVEL SECURITY;
 CREATE POLICY saga_steps_org_scope ON integrity.saga_steps
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY saga_steps_org_scope ON integrity.saga_steps IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.saga_steps', '');

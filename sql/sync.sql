@@ -43,7 +43,7 @@ COMMENT ON CONSTRAINT sync_links_external_key ON integrity.sync_links IS 'An ext
 
 ALTER TABLE integrity.sync_links ENABLE ROW LEVEL SECURITY;
 CREATE POLICY sync_links_org_scope ON integrity.sync_links
-    USING (integrity.current_org() IS NULL OR org_id = integrity.current_org());
+    USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()));
 COMMENT ON POLICY sync_links_org_scope ON integrity.sync_links IS
 'Rows of the tenant in integrity.org_id only, when that GUC is set.';
 SELECT pg_catalog.pg_extension_config_dump('integrity.sync_links', '');

@@ -21,10 +21,10 @@ pgrx::extension_sql_file!(
 
 /// The tenant the session is scoped to: the uuid in `integrity.org_id`, or
 /// NULL when it is unset or empty. Every table's row-level security policy
-/// calls it, once per row it checks.
+/// calls it, as a scalar subquery: once per statement.
 ///
 /// It runs no SQL, so it does not pin `search_path`: a `SET` in its
-/// definition would cost each row a GUC save and restore (see Security in
+/// definition would cost each call a GUC save and restore (see Security in
 /// README).
 #[pg_extern(stable, parallel_safe)]
 fn current_org() -> Option<pgrx::datum::Uuid> {
@@ -149,7 +149,16 @@ mod tests {
                 "{bad:?}: {message}"
             );
         }
-        // Through a table's policy, as a scoped role reads it.
+        // Through a table's policy, as a scoped role reads it: the policy
+        // calls current_org() once a statement, when it checks its first
+        // row (an empty table is read without it).
+        Spi::run("RESET integrity.org_id").unwrap();
+        Spi::run(&format!(
+            "SELECT integrity.idem_begin('{ORG}', 's', 'k', '{{}}');
+             SELECT integrity.idem_complete('{ORG}', 's', 'k', 200, '{{}}')"
+        ))
+        .unwrap();
+        Spi::run("SET LOCAL integrity.org_id = 'not-a-uuid'").unwrap();
         Spi::run("CREATE ROLE integrity_test_malformed").unwrap();
         Spi::run("SELECT integrity.grant_access('integrity_test_malformed')").unwrap();
         Spi::run("SET LOCAL ROLE integrity_test_malformed").unwrap();

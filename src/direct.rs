@@ -132,9 +132,11 @@ const MAX_NAMED: usize = 4;
 /// Most key columns of a named index `fetch` scans.
 const MAX_KEYS: usize = 4;
 
-/// The policy as integrity creates it, as `pg_get_expr` prints it.
-const OUR_POLICY: &str =
-    "((integrity.current_org() IS NULL) OR (org_id = integrity.current_org()))";
+/// The policy as integrity creates it, as `deparse_expression` prints it
+/// (`pg_get_expr` prints the same with a space after each subquery's
+/// parenthesis). Each `current_org()` is a scalar subquery, so a statement
+/// evaluates it once (an InitPlan), not once per row it checks.
+const OUR_POLICY: &str = "(((SELECT integrity.current_org() AS current_org) IS NULL) OR (org_id = (SELECT integrity.current_org() AS current_org)))";
 
 /// What this backend knows about a table.
 #[derive(Clone, Copy)]
@@ -834,7 +836,8 @@ pub unsafe fn index_scan(
     pg_sys::ExecDropSingleTupleTableSlot(slot);
 }
 
-/// `integrity.current_org() IS NULL OR org_id = integrity.current_org()`.
+/// `(SELECT integrity.current_org()) IS NULL OR org_id = (SELECT
+/// integrity.current_org())`.
 fn tenant_in_scope(org_id: Uuid) -> bool {
     crate::access::session_org().is_none_or(|org| org == org_id)
 }

@@ -401,9 +401,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(shape(), (true, true, false));
+        // The same test with current_org() called on every row is another
+        // expression: not taken for ours.
         Spi::run(
             "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys
              USING (integrity.current_org() IS NULL OR org_id = integrity.current_org())",
+        )
+        .unwrap();
+        assert_eq!(shape(), (true, true, false));
+        Spi::run(
+            "ALTER POLICY idempotency_keys_org_scope ON integrity.idempotency_keys
+             USING ((SELECT integrity.current_org()) IS NULL OR org_id = (SELECT integrity.current_org()))",
         )
         .unwrap();
         assert_eq!(shape(), (true, true, true));
