@@ -6,6 +6,10 @@ CREATE TYPE integrity.delivery_status AS ENUM
 COMMENT ON TYPE integrity.delivery_status IS
 'pending: never tried (or requeued); processing: handed to a worker under a lease; completed; failed: waiting for its retry at next_attempt_at; dead_letter: out of attempts.';
 
+CREATE SEQUENCE integrity.deliveries_queue_position_seq;
+COMMENT ON SEQUENCE integrity.deliveries_queue_position_seq IS
+'Places in the line of an ordering key: taken at enqueue, and again when a dead letter is brought back.';
+
 CREATE TABLE integrity.deliveries (
     id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     org_id           uuid        NOT NULL,
@@ -17,6 +21,7 @@ CREATE TABLE integrity.deliveries (
     max_attempts     integer     NOT NULL DEFAULT 5,
     priority         integer     NOT NULL DEFAULT 0,
     ordering_key     text,
+    queue_position   bigint      NOT NULL DEFAULT pg_catalog.nextval('integrity.deliveries_queue_position_seq'),
     next_attempt_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     locked_until     timestamptz,
     worker           text,
@@ -42,7 +47,10 @@ CREATE INDEX deliveries_lease_idx ON integrity.deliveries (locked_until)
     WHERE status = 'processing';
 -- The unfinished deliveries of each ordering key, in enqueue order: the
 -- first one is the only one of its key that may be claimed.
-CREATE INDEX deliveries_ordering_idx ON integrity.deliveries (org_id, ordering_key, id)
+-- Places are taken under the key's lock, so a key's line is in commit
+-- order, and a dead letter brought back joins the end of it: the first of
+-- the line changes only when it finishes, whatever snapshot a claim reads.
+CREATE INDEX deliveries_ordering_idx ON integrity.deliveries (org_id, ordering_key, queue_position)
     WHERE ordering_key IS NOT NULL AND status NOT IN ('completed', 'dead_letter');
 -- Finished rows by age, for purge_deliveries and stats.
 CREATE INDEX deliveries_created_idx ON integrity.deliveries USING brin (created_at);
@@ -59,6 +67,7 @@ COMMENT ON COLUMN integrity.deliveries.attempts IS 'Hand-outs so far: each claim
 COMMENT ON COLUMN integrity.deliveries.max_attempts IS 'Hand-outs allowed; after the last one fails (or its lease runs out) the delivery is dead-lettered.';
 COMMENT ON COLUMN integrity.deliveries.priority IS 'Higher first, then older first (within an ordering key, enqueue order wins).';
 COMMENT ON COLUMN integrity.deliveries.ordering_key IS 'Deliveries of one (org_id, ordering_key) are claimed one at a time, in enqueue order; NULL: unordered.';
+COMMENT ON COLUMN integrity.deliveries.queue_position IS 'Place in its ordering key''s line: taken at enqueue, taken again (at the end) when a dead letter is requeued or redriven.';
 COMMENT ON COLUMN integrity.deliveries.next_attempt_at IS 'When it is due (pending or failed).';
 COMMENT ON COLUMN integrity.deliveries.locked_until IS 'End of the current lease (processing).';
 COMMENT ON COLUMN integrity.deliveries.worker IS 'The worker that claimed it last.';
@@ -72,7 +81,7 @@ COMMENT ON COLUMN integrity.deliveries.processing_ms IS 'Milliseconds from its l
 COMMENT ON COLUMN integrity.deliveries.last_error IS 'The error of its last failed attempt (or "lease expired").';
 COMMENT ON INDEX integrity.deliveries_due_idx IS 'Due work in claim order (priority, then age).';
 COMMENT ON INDEX integrity.deliveries_lease_idx IS 'Leases by expiry, to rescue deliveries whose worker died.';
-COMMENT ON INDEX integrity.deliveries_ordering_idx IS 'Unfinished deliveries per ordering key in enqueue order; the first is the only claimable one.';
+COMMENT ON INDEX integrity.deliveries_ordering_idx IS 'Unfinished deliveries per ordering key in line order (enqueue order; a requeued dead letter at the end); the first is the only claimable one.';
 COMMENT ON INDEX integrity.deliveries_created_idx IS 'Deliveries by age, for purging and statistics.';
 
 ALTER TABLE integrity.deliveries ENABLE ROW LEVEL SECURITY;

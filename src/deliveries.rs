@@ -227,7 +227,7 @@ static CLAIM: Stmt = Stmt {
                       SELECT k.id FROM integrity.deliveries k
                        WHERE k.org_id = c.org_id AND k.ordering_key = c.ordering_key
                          AND k.status NOT IN ('completed', 'dead_letter')
-                       ORDER BY k.id LIMIT 1))
+                       ORDER BY k.queue_position LIMIT 1))
                ORDER BY c.priority DESC, c.id
                LIMIT $4
                FOR UPDATE SKIP LOCKED))
@@ -545,7 +545,7 @@ fn fail(
 ) -> Jsonb {
     const F: &str = "integrity.fail";
     let id = required(id, F, "id");
-    let error = error.unwrap_or("");
+    let error = required(error, F, "error");
     if let Some(r) = retry_in {
         if crate::errors::span_us(F, "retry_in", r) < 0 {
             raise(
@@ -627,11 +627,16 @@ fn fail(
 // ---------------------------------------------------------------------------
 // requeue, redrive, purge, retry schedules
 
+// A dead letter joins the end of its key's line (a new place); a failed
+// delivery keeps its place, where it already holds its key.
 static REQUEUE: Stmt = Stmt {
     sql: "WITH r AS (
               UPDATE integrity.deliveries
                  SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(),
-                     dead_at = NULL, locked_until = NULL, lease_token = NULL
+                     dead_at = NULL, locked_until = NULL, lease_token = NULL,
+                     queue_position = CASE WHEN status = 'dead_letter'
+                         THEN pg_catalog.nextval('integrity.deliveries_queue_position_seq')
+                         ELSE queue_position END
                WHERE id = $1 AND status IN ('failed', 'dead_letter')
            RETURNING event_type)
           SELECT (SELECT event_type FROM r),
@@ -640,20 +645,53 @@ static REQUEUE: Stmt = Stmt {
     writes: true,
 };
 
-/// Bring back one failed or dead-lettered delivery: attempts reset, due now.
+static KEY_OF: Stmt = Stmt {
+    sql: "SELECT org_id, ordering_key FROM integrity.deliveries WHERE id = $1",
+    args: &[pg_sys::INT8OID],
+    writes: false,
+};
+
+/// Bring back delivery `id` if failed or dead-lettered: (its event type
+/// if it was brought back, its status). A keyed one takes its key's lock
+/// first, as `enqueue` does: a key's places are taken in commit order, so
+/// the first of its line, the one claimable, changes only when it
+/// finishes, and every claim agrees on it whatever its snapshot.
+fn requeue_one(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    id: i64,
+) -> (Option<String>, Option<String>) {
+    let key = {
+        let t = read(client, &KEY_OF, None, &[id.into()]);
+        let row = t.first();
+        row.get::<Uuid>(1)
+            .ok()
+            .flatten()
+            .zip(row.get::<String>(2).ok().flatten())
+    };
+    if let Some((org_id, k)) = key {
+        let org = uuid_text(org_id.as_bytes());
+        advisory_lock(
+            lock_key_of([&b"delivery-order"[..], &org[..], k.as_bytes()]),
+            false,
+        );
+    }
+    let t = run(client, &REQUEUE, None, &[id.into()]);
+    let row = t.first();
+    (
+        row.get::<String>(1).ok().flatten(),
+        row.get::<String>(2).ok().flatten(),
+    )
+}
+
+/// Bring back one failed or dead-lettered delivery: attempts reset, due
+/// now. A dead letter with an ordering key goes to the end of its key's
+/// line.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn requeue(id: Option<i64>) -> Jsonb {
     let id = required(id, "integrity.requeue", "id");
     Spi::connect_mut(|client| {
-        let (event_type, status) = {
-            let t = run(client, &REQUEUE, None, &[id.into()]);
-            let row = t.first();
-            (
-                row.get::<String>(1).ok().flatten(),
-                row.get::<String>(2).ok().flatten(),
-            )
-        };
+        let (event_type, status) = requeue_one(client, id);
         match (event_type, status) {
             (Some(event_type), _) => {
                 notify(client, &event_type);
@@ -673,17 +711,13 @@ fn requeue(id: Option<i64>) -> Jsonb {
 }
 
 static REDRIVE: Stmt = Stmt {
-    sql: "WITH r AS (
-              UPDATE integrity.deliveries
-                 SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(),
-                     dead_at = NULL, locked_until = NULL, lease_token = NULL
-               WHERE status = 'dead_letter'
-                 AND ($1::text IS NULL OR event_type = $1)
-                 AND ($2::timestamptz IS NULL OR dead_at >= $2)
-           RETURNING event_type)
-          SELECT pg_catalog.count(*), pg_catalog.min(event_type) FROM r",
+    sql: "SELECT id FROM integrity.deliveries
+           WHERE status = 'dead_letter'
+             AND ($1::text IS NULL OR event_type = $1)
+             AND ($2::timestamptz IS NULL OR dead_at >= $2)
+           ORDER BY id",
     args: &[pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID],
-    writes: true,
+    writes: false,
 };
 
 /// Bring back every dead letter (of `event_type`, dead-lettered since
@@ -695,14 +729,19 @@ fn redrive(
     since: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> i64 {
     Spi::connect_mut(|client| {
-        let (n, any) = {
-            let t = run(client, &REDRIVE, None, &[event_type.into(), since.into()]);
-            let row = t.first();
-            (
-                row.get::<i64>(1).ok().flatten().unwrap_or(0),
-                row.get::<String>(2).ok().flatten(),
-            )
-        };
+        let ids: Vec<i64> = read(client, &REDRIVE, None, &[event_type.into(), since.into()])
+            .filter_map(|r| r.get::<i64>(1).ok().flatten())
+            .collect();
+        // One at a time, in id order: each keyed one under its key's lock,
+        // joining the end of its line (see requeue_one); one requeued by
+        // someone else meanwhile is left as it is.
+        let (mut n, mut any) = (0, None);
+        for id in ids {
+            if let (Some(e), _) = requeue_one(client, id) {
+                n += 1;
+                any.get_or_insert(e);
+            }
+        }
         if let Some(e) = any {
             notify(client, &e);
         }
@@ -1044,9 +1083,15 @@ mod tests {
         .unwrap();
         assert_eq!(status("k1"), "dead_letter");
         assert_eq!(claim("w2", 10), "k2:1");
+        // Brought back while k2 is in flight, k1 joins the end of its
+        // key's line: the key still has one delivery out at a time.
+        Spi::run(&format!("SELECT integrity.requeue({k1})")).unwrap();
+        assert_eq!(claim("w3", 10), "");
         let k2 = id_of("k2");
         Spi::run(&format!("SELECT integrity.complete({k2})")).unwrap();
         assert_eq!(claim("w2", 10), "k3:1");
+        Spi::run(&format!("SELECT integrity.complete({})", id_of("k3"))).unwrap();
+        assert_eq!(claim("w2", 10), "k1:1");
         // Per tenant: the same key of another org is another key.
         Spi::run(
             "SELECT integrity.enqueue('0000000b-0000-0000-0000-000000000000', 'b1', 'e', '{}', ordering_key => 'cust-1')",
@@ -1168,6 +1213,7 @@ mod tests {
             ("SELECT integrity.claim('w', 1, NULL)".to_string(), "22004"),
             ("SELECT integrity.complete(NULL)".to_string(), "22004"),
             ("SELECT integrity.fail(NULL, 'x')".to_string(), "22004"),
+            ("SELECT integrity.fail(1, NULL)".to_string(), "22004"),
             (
                 "SELECT integrity.fail(1, 'x', '-1 second')".to_string(),
                 "22023",

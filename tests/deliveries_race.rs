@@ -10,6 +10,8 @@
 //!   once; nothing is lost.
 //! * With ordering keys: no two deliveries of one key were ever in flight
 //!   together, and each key's completions are in enqueue order.
+//! * Dead letters requeued while later deliveries of their keys are in
+//!   flight: still never two deliveries of a key out at once.
 
 mod common;
 
@@ -71,7 +73,7 @@ fn worker(cluster_info: String, shared: Arc<Shared>, slot: usize) {
             .unwrap()
             .insert(slot, (pid, name.clone()));
         let claim = c
-            .prepare("SELECT id, ordering_key, attempts, (payload->>'fail_times')::int, lease_token FROM integrity.claim($1, 4, '2 seconds')")
+            .prepare("SELECT id, ordering_key, attempts, (payload->>'fail_times')::int, lease_token, COALESCE((payload->>'work_ms')::int, 0) FROM integrity.claim($1, 4, '2 seconds')")
             .unwrap();
         let complete = c.prepare("SELECT integrity.complete($1, $2)").unwrap();
         let fail = c
@@ -114,10 +116,11 @@ fn worker(cluster_info: String, shared: Arc<Shared>, slot: usize) {
                 }
             }
             for (r, at) in rows.iter().zip(mine) {
-                let (id, attempts, fail_times, token): (i64, i32, i32, uuid::Uuid) =
-                    (r.get(0), r.get(2), r.get(3), r.get(4));
-                // The work: a little time, during which the killer may strike.
-                std::thread::sleep(Duration::from_micros(200));
+                let (id, attempts, fail_times, token, work_ms): (i64, i32, i32, uuid::Uuid, i32) =
+                    (r.get(0), r.get(2), r.get(3), r.get(4), r.get(5));
+                // The work: a little time (the payload's work_ms, if any),
+                // during which the killer may strike.
+                std::thread::sleep(Duration::from_micros(200 + 1000 * work_ms as u64));
                 // The hold ends when the settling statement is sent: a claim
                 // of the same delivery (or key) returning before this moment
                 // would have overlapped it.
@@ -143,14 +146,17 @@ fn worker(cluster_info: String, shared: Arc<Shared>, slot: usize) {
     }
 }
 
-/// Run the workers over what `enqueue` enqueued, killing some if `kill`;
-/// the claims they logged, the workers killed, and an admin connection.
+/// Run the workers over what `enqueue` enqueued, killing some if `kill`,
+/// and, if `requeue`, bringing every dead letter back (payload set to
+/// succeed) while they work; the claims they logged, the workers killed,
+/// and an admin connection.
 /// The server's own record of every claim (a hand-out adds one attempt)
 /// goes to `claims_audit`, kept by a trigger.
 fn run(
     cluster: &Cluster,
     enqueue: &str,
     kill: bool,
+    requeue: bool,
 ) -> (Vec<Claim>, Vec<String>, postgres::Client) {
     let mut admin = cluster.connect();
     admin
@@ -185,10 +191,23 @@ fn run(
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(if requeue { 20 } else { 150 }));
+        if requeue {
+            admin
+                .batch_execute(
+                    "UPDATE integrity.deliveries SET payload = '{\"fail_times\": 0}' WHERE status = 'dead_letter';
+                     SELECT integrity.requeue(id) FROM integrity.deliveries
+                      WHERE status = 'dead_letter' AND payload->>'fail_times' = '0';",
+                )
+                .unwrap();
+        }
         let left: i64 = admin
             .query_one(
-                "SELECT count(*) FROM integrity.deliveries WHERE status NOT IN ('completed', 'dead_letter')",
+                if requeue {
+                    "SELECT count(*) FROM integrity.deliveries WHERE status <> 'completed'"
+                } else {
+                    "SELECT count(*) FROM integrity.deliveries WHERE status NOT IN ('completed', 'dead_letter')"
+                },
                 &[],
             )
             .unwrap()
@@ -238,6 +257,7 @@ fn workers_killed_mid_lease_lose_nothing_and_never_share_a_delivery() {
                FROM generate_series(1, {DELIVERIES}) g"
         ),
         true,
+        false,
     );
     let rows = admin
         .query(
@@ -352,6 +372,7 @@ fn ordering_keys_never_overlap_and_complete_in_enqueue_order() {
              ordering_key => CASE WHEN g % 5 = 0 THEN NULL ELSE 'key-' || (g % 40) END)
            FROM generate_series(1, 2500) g",
         false,
+        false,
     );
     let mut by_key: HashMap<String, Vec<&Claim>> = HashMap::new();
     for c in &log {
@@ -391,6 +412,57 @@ fn ordering_keys_never_overlap_and_complete_in_enqueue_order() {
     assert_eq!(left, 0);
     println!(
         "ordering keys: {} claims, no key in flight twice, completions in enqueue order",
+        log.len()
+    );
+}
+
+/// A dead letter brought back by `requeue` while a later delivery of its
+/// key is in flight waits for it: the key still has one delivery out at a
+/// time. 40 keys x 25 deliveries; the first three of each key fail their
+/// only attempt and are requeued (to succeed) while the workers go on.
+#[test]
+fn requeued_dead_letters_wait_for_their_keys_delivery_in_flight() {
+    let cluster = Cluster::start();
+    let (log, _, mut admin) = run(
+        &cluster,
+        "SELECT integrity.enqueue('0000000a-0000-0000-0000-000000000000', 'job-' || g, 'e',
+             jsonb_build_object('fail_times', CASE WHEN g <= 120 THEN 1 ELSE 0 END, 'work_ms', 3),
+             ordering_key => 'key-' || (g % 40), max_attempts => 1)
+           FROM generate_series(1, 1000) g",
+        false,
+        true,
+    );
+    let mut by_key: HashMap<String, Vec<&Claim>> = HashMap::new();
+    for c in &log {
+        by_key.entry(c.key.clone().expect("every delivery has a key")).or_default().push(c);
+    }
+    assert_eq!(by_key.len(), 40);
+    for (key, mut claims) in by_key {
+        claims.sort_by_key(|c| c.claimed);
+        for w in claims.windows(2) {
+            let end = w[0].settled.expect("no worker was killed");
+            assert!(
+                end <= w[1].claimed,
+                "{key}: deliveries {} and {} in flight together",
+                w[0].id,
+                w[1].id
+            );
+        }
+    }
+    let (completed, twice): (i64, i64) = {
+        let r = admin
+            .query_one(
+                "SELECT (SELECT count(*) FROM integrity.deliveries WHERE status = 'completed'),
+                        (SELECT count(*) FROM (SELECT id FROM claims_audit GROUP BY id HAVING count(*) = 2) t)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(completed, 1000, "every delivery completed in the end");
+    assert_eq!(twice, 120, "each of the 120 dead letters was claimed again once after its requeue");
+    println!(
+        "requeue: {} claims, 120 dead letters requeued and completed, no key in flight twice",
         log.len()
     );
 }
