@@ -73,7 +73,8 @@ fn link<'a>(
 static READ: Stmt = Stmt {
     sql: "SELECT status, external_id, fingerprint, pending_fingerprint, retryable, last_error,
                  locked_until > pg_catalog.now(),
-                 GREATEST(0, CEIL(EXTRACT(epoch FROM locked_until - pg_catalog.now()) * 1000))::bigint
+                 GREATEST(0, CEIL(EXTRACT(epoch FROM locked_until - pg_catalog.now()) * 1000))::bigint,
+                 attempts
             FROM integrity.sync_links
            WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4
              FOR UPDATE",
@@ -100,7 +101,8 @@ static START_NEW: Stmt = Stmt {
     sql: "INSERT INTO integrity.sync_links
               (org_id, entity_type, entity_id, integration, status, pending_fingerprint,
                locked_until, attempts)
-          VALUES ($1, $2, $3, $4, 'syncing', $5, pg_catalog.now() + $6, 1)",
+          VALUES ($1, $2, $3, $4, 'syncing', $5, pg_catalog.now() + $6, 1)
+          RETURNING attempts",
     args: STARTING,
     writes: true,
 };
@@ -109,13 +111,14 @@ static START_AGAIN: Stmt = Stmt {
     sql: "UPDATE integrity.sync_links
              SET status = 'syncing', pending_fingerprint = $5, locked_until = pg_catalog.now() + $6,
                  attempts = attempts + 1, updated_at = pg_catalog.now()
-           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4",
+           WHERE org_id = $1 AND entity_type = $2 AND entity_id = $3 AND integration = $4
+          RETURNING attempts",
     args: STARTING,
     writes: true,
 };
 
 /// The row `READ` found: (status, external_id, fingerprint,
-/// pending_fingerprint, retryable, last_error, held, wait_ms).
+/// pending_fingerprint, retryable, last_error, held, wait_ms, attempts).
 type Seen = (
     String,
     Option<String>,
@@ -125,6 +128,7 @@ type Seen = (
     Option<String>,
     bool,
     i64,
+    i32,
 );
 
 fn seen(client: &mut pgrx::spi::SpiClient<'_>, l: &Link<'_>) -> Option<Seen> {
@@ -139,12 +143,69 @@ fn seen(client: &mut pgrx::spi::SpiClient<'_>, l: &Link<'_>) -> Option<Seen> {
         r.get(6).ok().flatten(),
         r.get(7).ok().flatten().unwrap_or(false),
         r.get(8).ok().flatten().unwrap_or(0),
+        r.get(9).ok().flatten().unwrap_or(0),
     ))
 }
 
-fn action(a: &str, external_id: Option<&str>) -> Jsonb {
+/// `{"action": a}`, with `external_id` when known and `attempt` (the
+/// lease's number, for `sync_succeeded` / `sync_failed`) when started.
+fn action(a: &str, external_id: Option<&str>, attempt: Option<i32>) -> Jsonb {
     let mut b = Builder::new();
     b.begin_object().key("action").string(a);
+    if let Some(e) = external_id {
+        b.key("external_id").string(e);
+    }
+    if let Some(n) = attempt {
+        b.key("attempt").int(n as i64);
+    }
+    b.end().finish()
+}
+
+/// Run the statement `stmt` that writes the link, started lease number
+/// `attempt`; a unique violation with a row this transaction's snapshot
+/// cannot see (REPEATABLE READ or SERIALIZABLE: a concurrent transaction
+/// committed it after the snapshot was taken, and the lock we waited for
+/// does not refresh the snapshot) is a serialization failure, `40001`, as
+/// Postgres reports one for SERIALIZABLE. Under READ COMMITTED our locks
+/// and a fresh snapshot per statement leave none, but for a writer that
+/// bypasses them: its `23505` stands.
+fn write_link<'conn>(
+    f: &'static str,
+    client: &mut pgrx::spi::SpiClient<'conn>,
+    stmt: &'static Stmt,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> pgrx::spi::SpiTupleTable<'conn> {
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| run(client, stmt, None, args)))
+        .catch_when(pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
+            // SAFETY: reads this backend's isolation level.
+            if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                raise(
+                    Kind::SerializationFailure,
+                    f,
+                    "a concurrent transaction linked this entity or external id after this transaction's snapshot was taken".to_string(),
+                    "Retry the transaction.",
+                )
+            }
+            e.rethrow()
+        })
+        .execute()
+}
+
+/// Whether a caller that names `attempt` (from `sync_start`'s answer)
+/// lost its lease: a later `sync_start` took the link over.
+fn lease_lost(attempt: Option<i32>, current: i32) -> bool {
+    attempt.is_some_and(|a| a != current)
+}
+
+fn refused_lease_lost(attempt: i32, external_id: Option<&str>) -> Jsonb {
+    let mut b = Builder::new();
+    b.begin_object()
+        .key("ok")
+        .bool(false)
+        .key("reason")
+        .string("lease_lost")
+        .key("attempt")
+        .int(attempt as i64);
     if let Some(e) = external_id {
         b.key("external_id").string(e);
     }
@@ -193,11 +254,11 @@ fn sync_start(
         let mut args: Vec<_> = l.args().into_iter().collect();
         args.push(fp.as_str().into());
         args.push(lease.into());
-        let Some((status, external_id, fingerprint, pending, retryable, last_error, held, wait)) =
+        let Some((status, external_id, fingerprint, pending, retryable, last_error, held, wait, _)) =
             seen(client, &l)
         else {
-            run(client, &START_NEW, None, &args);
-            return action("create", None);
+            let t = write_link(F, client, &START_NEW, &args);
+            return action("create", None, t.first().get::<i32>(1).ok().flatten());
         };
         if status == "syncing" && held {
             return Builder::new()
@@ -210,7 +271,7 @@ fn sync_start(
                 .finish();
         }
         if status == "synced" && fingerprint.as_deref() == Some(fp.as_str()) {
-            return action("skip", external_id.as_deref());
+            return action("skip", external_id.as_deref(), None);
         }
         if status == "failed" && retryable == Some(false) && pending.as_deref() == Some(fp.as_str())
         {
@@ -225,10 +286,14 @@ fn sync_start(
             }
             return b.end().finish();
         }
-        run(client, &START_AGAIN, None, &args);
+        let attempt = run(client, &START_AGAIN, None, &args)
+            .first()
+            .get::<i32>(1)
+            .ok()
+            .flatten();
         match external_id {
-            None => action("create", None),
-            Some(e) => action("update", Some(&e)),
+            None => action("create", None, attempt),
+            Some(e) => action("update", Some(&e), attempt),
         }
     })
 }
@@ -292,9 +357,24 @@ fn not_started(f: &'static str, l: &Link<'_>) -> ! {
     )
 }
 
+/// `attempt`, when given, is `sync_start`'s: at least 1.
+fn attempt_arg(f: &'static str, attempt: Option<i32>) -> Option<i32> {
+    if let Some(a) = attempt.filter(|&a| a < 1) {
+        raise(
+            Kind::InvalidParameter,
+            f,
+            format!("attempt must be at least 1, got {a}"),
+            "Pass the attempt of sync_start's answer, or leave it out.",
+        );
+    }
+    attempt
+}
+
 /// The sync went through: link the entity to `external_id`. `{"ok":true}`;
 /// `{"ok":false,"reason":"external_id_conflict","linked_to":{…}}` when
-/// another entity of the org holds that external id.
+/// another entity of the org holds that external id;
+/// `{"ok":false,"reason":"lease_lost"}`, with nothing written, when
+/// `attempt` is given and a later `sync_start` took the link over.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_succeeded(
@@ -303,10 +383,12 @@ fn sync_succeeded(
     entity_id: Option<&str>,
     integration: Option<&str>,
     external_id: Option<&str>,
+    attempt: default!(Option<i32>, "NULL"),
 ) -> Jsonb {
     const F: &str = "integrity.sync_succeeded";
     let l = link(F, org_id, entity_type, entity_id, integration);
     let external_id = text_arg(F, "external_id", external_id, 255);
+    let attempt = attempt_arg(F, attempt);
     let org = uuid_text(l.org_id.as_bytes());
     // Links of one external id are decided one at a time.
     crate::keys::advisory_lock(
@@ -319,8 +401,11 @@ fn sync_succeeded(
         false,
     );
     Spi::connect_mut(|client| {
-        if seen(client, &l).is_none() {
-            not_started(F, &l);
+        let Some(row) = seen(client, &l) else {
+            not_started(F, &l)
+        };
+        if lease_lost(attempt, row.8) {
+            return refused_lease_lost(row.8, row.1.as_deref());
         }
         let holder = {
             let t = read(
@@ -364,7 +449,7 @@ fn sync_succeeded(
         }
         let mut args: Vec<_> = l.args().into_iter().collect();
         args.push(external_id.into());
-        run(client, &SUCCEEDED, None, &args);
+        write_link(F, client, &SUCCEEDED, &args);
         Builder::new()
             .begin_object()
             .key("ok")
@@ -377,7 +462,9 @@ fn sync_succeeded(
 }
 
 /// The sync failed: the lease is let go; `retryable => false` makes the
-/// next `sync_start` of the same payload `skip`.
+/// next `sync_start` of the same payload `skip`. With `attempt`, a caller
+/// whose lease a later `sync_start` took over is told `lease_lost` and
+/// writes nothing.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn sync_failed(
@@ -387,13 +474,18 @@ fn sync_failed(
     integration: Option<&str>,
     error: Option<&str>,
     retryable: default!(Option<bool>, "true"),
+    attempt: default!(Option<i32>, "NULL"),
 ) -> Jsonb {
     const F: &str = "integrity.sync_failed";
     let l = link(F, org_id, entity_type, entity_id, integration);
     let retryable = retryable.unwrap_or(true);
+    let attempt = attempt_arg(F, attempt);
     Spi::connect_mut(|client| {
-        if seen(client, &l).is_none() {
-            not_started(F, &l);
+        let Some(row) = seen(client, &l) else {
+            not_started(F, &l)
+        };
+        if lease_lost(attempt, row.8) {
+            return refused_lease_lost(row.8, row.1.as_deref());
         }
         let mut args: Vec<_> = l.args().into_iter().collect();
         args.push(retryable.into());
@@ -671,7 +763,8 @@ mod tests {
 
     #[pg_test]
     fn sync_decides_create_update_skip_and_refuses_a_taken_external_id() {
-        assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "create");
+        let c = start("1", r#"{"n": "Ann"}"#);
+        assert_eq!((c["action"].as_str(), c["attempt"].as_i64()), (Some("create"), Some(1)));
         // The lease is held (same transaction: it is this caller's, still running).
         assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "in_progress");
         let ok = json(&format!(
@@ -767,9 +860,57 @@ mod tests {
                 format!("SELECT integrity.sync_lookup({ORG}, 'crm', NULL)"),
                 "22004",
             ),
+            (
+                format!("SELECT integrity.sync_succeeded({ORG}, 'customer', '1', 'crm', 'ext-1', attempt => 0)"),
+                "22023",
+            ),
+            (
+                format!("SELECT integrity.sync_failed({ORG}, 'customer', '1', 'crm', 'x', attempt => -1)"),
+                "22023",
+            ),
         ] {
             assert_eq!(sqlstate(&sql), state, "{sql}");
         }
+    }
+
+    /// A caller naming an attempt a later `sync_start` took over is told
+    /// `lease_lost` and writes nothing; the current attempt settles.
+    #[pg_test]
+    fn a_late_caller_naming_its_attempt_changes_nothing() {
+        assert_eq!(start("9", r#"{"v": "A"}"#)["attempt"], 1);
+        Spi::run("UPDATE integrity.sync_links SET locked_until = now() - interval '1 second'")
+            .unwrap();
+        let b = start("9", r#"{"v": "B"}"#);
+        assert_eq!((b["action"].as_str(), b["attempt"].as_i64()), (Some("create"), Some(2)));
+        let row = || {
+            text("SELECT concat_ws(',', status, external_id, pending_fingerprint IS NOT NULL, locked_until IS NOT NULL, attempts) FROM integrity.sync_links")
+        };
+        let before = row();
+        let late = json(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '9', 'crm', 'ext-9', attempt => 1)"
+        ));
+        assert_eq!(
+            (late["ok"].as_bool(), late["reason"].as_str(), late["attempt"].as_i64()),
+            (Some(false), Some("lease_lost"), Some(2))
+        );
+        let late = json(&format!(
+            "SELECT integrity.sync_failed({ORG}, 'customer', '9', 'crm', 'x', attempt => 1)"
+        ));
+        assert_eq!(late["reason"], "lease_lost");
+        assert_eq!(row(), before);
+        assert_eq!(before, "syncing,t,t,2");
+        let ok = json(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '9', 'crm', 'ext-9', attempt => 2)"
+        ));
+        assert_eq!(ok["ok"], true);
+        assert_eq!(start("9", r#"{"v": "B"}"#)["action"], "skip");
+        // A late caller after the link was synced is told which external id
+        // it holds.
+        let late = json(&format!(
+            "SELECT integrity.sync_succeeded({ORG}, 'customer', '9', 'crm', 'ext-other', attempt => 1)"
+        ));
+        assert_eq!((late["reason"].as_str(), late["external_id"].as_str()), (Some("lease_lost"), Some("ext-9")));
+        assert_eq!(start("9", r#"{"v": "B"}"#)["action"], "skip");
     }
 
     fn linked(integration: &str, entity_type: &str, id: &str) {
