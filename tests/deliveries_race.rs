@@ -360,6 +360,31 @@ fn workers_killed_mid_lease_lose_nothing_and_never_share_a_delivery() {
     println!("deliveries race: {completed} completed, {dead} dead letters, {expired} claims lost with killed workers, {} claims in all", log.len());
 }
 
+/// The claims of each ordering key in the order they were made, after
+/// asserting that none was made before the one ahead of it was settled:
+/// no two deliveries of a key were ever in flight together.
+fn claims_by_key_never_overlapping(log: &[Claim]) -> HashMap<String, Vec<&Claim>> {
+    let mut by_key: HashMap<String, Vec<&Claim>> = HashMap::new();
+    for c in log {
+        if let Some(k) = &c.key {
+            by_key.entry(k.clone()).or_default().push(c);
+        }
+    }
+    for (key, claims) in by_key.iter_mut() {
+        claims.sort_by_key(|c| c.claimed);
+        for w in claims.windows(2) {
+            let end = w[0].settled.expect("no worker was killed");
+            assert!(
+                end <= w[1].claimed,
+                "{key}: deliveries {} and {} in flight together",
+                w[0].id,
+                w[1].id
+            );
+        }
+    }
+    by_key
+}
+
 #[test]
 fn ordering_keys_never_overlap_and_complete_in_enqueue_order() {
     let cluster = Cluster::start();
@@ -374,24 +399,9 @@ fn ordering_keys_never_overlap_and_complete_in_enqueue_order() {
         false,
         false,
     );
-    let mut by_key: HashMap<String, Vec<&Claim>> = HashMap::new();
-    for c in &log {
-        if let Some(k) = &c.key {
-            by_key.entry(k.clone()).or_default().push(c);
-        }
-    }
+    let by_key = claims_by_key_never_overlapping(&log);
     assert!(by_key.len() >= 30);
-    for (key, mut claims) in by_key {
-        claims.sort_by_key(|c| c.claimed);
-        for w in claims.windows(2) {
-            let end = w[0].settled.expect("no worker was killed");
-            assert!(
-                end <= w[1].claimed,
-                "{key}: deliveries {} and {} in flight together",
-                w[0].id,
-                w[1].id
-            );
-        }
+    for (key, claims) in by_key {
         let done: Vec<i64> = claims
             .iter()
             .filter(|c| c.completed == Some(true))
@@ -432,23 +442,8 @@ fn requeued_dead_letters_wait_for_their_keys_delivery_in_flight() {
         false,
         true,
     );
-    let mut by_key: HashMap<String, Vec<&Claim>> = HashMap::new();
-    for c in &log {
-        by_key.entry(c.key.clone().expect("every delivery has a key")).or_default().push(c);
-    }
-    assert_eq!(by_key.len(), 40);
-    for (key, mut claims) in by_key {
-        claims.sort_by_key(|c| c.claimed);
-        for w in claims.windows(2) {
-            let end = w[0].settled.expect("no worker was killed");
-            assert!(
-                end <= w[1].claimed,
-                "{key}: deliveries {} and {} in flight together",
-                w[0].id,
-                w[1].id
-            );
-        }
-    }
+    assert!(log.iter().all(|c| c.key.is_some()), "every delivery has a key");
+    assert_eq!(claims_by_key_never_overlapping(&log).len(), 40);
     let (completed, twice): (i64, i64) = {
         let r = admin
             .query_one(
