@@ -656,10 +656,7 @@ static KEY_OF: Stmt = Stmt {
 /// first, as `enqueue` does: a key's places are taken in commit order, so
 /// the first of its line, the one claimable, changes only when it
 /// finishes, and every claim agrees on it whatever its snapshot.
-fn requeue_one(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    id: i64,
-) -> (Option<String>, Option<String>) {
+fn requeue_one(client: &mut pgrx::spi::SpiClient<'_>, id: i64) -> (Option<String>, Option<String>) {
     let key = {
         let t = read(client, &KEY_OF, None, &[id.into()]);
         let row = t.first();

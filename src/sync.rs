@@ -764,7 +764,10 @@ mod tests {
     #[pg_test]
     fn sync_decides_create_update_skip_and_refuses_a_taken_external_id() {
         let c = start("1", r#"{"n": "Ann"}"#);
-        assert_eq!((c["action"].as_str(), c["attempt"].as_i64()), (Some("create"), Some(1)));
+        assert_eq!(
+            (c["action"].as_str(), c["attempt"].as_i64()),
+            (Some("create"), Some(1))
+        );
         // The lease is held (same transaction: it is this caller's, still running).
         assert_eq!(start("1", r#"{"n": "Ann"}"#)["action"], "in_progress");
         let ok = json(&format!(
@@ -881,7 +884,10 @@ mod tests {
         Spi::run("UPDATE integrity.sync_links SET locked_until = now() - interval '1 second'")
             .unwrap();
         let b = start("9", r#"{"v": "B"}"#);
-        assert_eq!((b["action"].as_str(), b["attempt"].as_i64()), (Some("create"), Some(2)));
+        assert_eq!(
+            (b["action"].as_str(), b["attempt"].as_i64()),
+            (Some("create"), Some(2))
+        );
         let row = || {
             text("SELECT concat_ws(',', status, external_id, pending_fingerprint IS NOT NULL, locked_until IS NOT NULL, attempts) FROM integrity.sync_links")
         };
@@ -890,7 +896,11 @@ mod tests {
             "SELECT integrity.sync_succeeded({ORG}, 'customer', '9', 'crm', 'ext-9', attempt => 1)"
         ));
         assert_eq!(
-            (late["ok"].as_bool(), late["reason"].as_str(), late["attempt"].as_i64()),
+            (
+                late["ok"].as_bool(),
+                late["reason"].as_str(),
+                late["attempt"].as_i64()
+            ),
             (Some(false), Some("lease_lost"), Some(2))
         );
         let late = json(&format!(
@@ -909,7 +919,10 @@ mod tests {
         let late = json(&format!(
             "SELECT integrity.sync_succeeded({ORG}, 'customer', '9', 'crm', 'ext-other', attempt => 1)"
         ));
-        assert_eq!((late["reason"].as_str(), late["external_id"].as_str()), (Some("lease_lost"), Some("ext-9")));
+        assert_eq!(
+            (late["reason"].as_str(), late["external_id"].as_str()),
+            (Some("lease_lost"), Some("ext-9"))
+        );
         assert_eq!(start("9", r#"{"v": "B"}"#)["action"], "skip");
     }
 

@@ -442,7 +442,10 @@ fn requeued_dead_letters_wait_for_their_keys_delivery_in_flight() {
         false,
         true,
     );
-    assert!(log.iter().all(|c| c.key.is_some()), "every delivery has a key");
+    assert!(
+        log.iter().all(|c| c.key.is_some()),
+        "every delivery has a key"
+    );
     assert_eq!(claims_by_key_never_overlapping(&log).len(), 40);
     let (completed, twice): (i64, i64) = {
         let r = admin
@@ -455,7 +458,10 @@ fn requeued_dead_letters_wait_for_their_keys_delivery_in_flight() {
         (r.get(0), r.get(1))
     };
     assert_eq!(completed, 1000, "every delivery completed in the end");
-    assert_eq!(twice, 120, "each of the 120 dead letters was claimed again once after its requeue");
+    assert_eq!(
+        twice, 120,
+        "each of the 120 dead letters was claimed again once after its requeue"
+    );
     println!(
         "requeue: {} claims, 120 dead letters requeued and completed, no key in flight twice",
         log.len()

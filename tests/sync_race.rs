@@ -152,10 +152,16 @@ fn a_worker_reporting_after_its_lease_was_taken_over_changes_nothing() {
         .get(0)
     };
     let a = start(&mut w1, r#"{"v": "A"}"#);
-    assert_eq!((a["action"].as_str(), a["attempt"].as_i64()), (Some("create"), Some(1)));
+    assert_eq!(
+        (a["action"].as_str(), a["attempt"].as_i64()),
+        (Some("create"), Some(1))
+    );
     std::thread::sleep(std::time::Duration::from_millis(400));
     let b = start(&mut w2, r#"{"v": "B"}"#);
-    assert_eq!((b["action"].as_str(), b["attempt"].as_i64()), (Some("create"), Some(2)));
+    assert_eq!(
+        (b["action"].as_str(), b["attempt"].as_i64()),
+        (Some("create"), Some(2))
+    );
     let late: serde_json::Value = w1
         .query_one(
             &format!("SELECT integrity.sync_succeeded('{ORG}', 'customer', 's1', 'crm', 'ext-a', attempt => 1)"),
@@ -163,7 +169,11 @@ fn a_worker_reporting_after_its_lease_was_taken_over_changes_nothing() {
         )
         .unwrap()
         .get(0);
-    assert_eq!((late["ok"].as_bool(), late["reason"].as_str()), (Some(false), Some("lease_lost")), "{late}");
+    assert_eq!(
+        (late["ok"].as_bool(), late["reason"].as_str()),
+        (Some(false), Some("lease_lost")),
+        "{late}"
+    );
     let failed_late: serde_json::Value = w1
         .query_one(
             &format!("SELECT integrity.sync_failed('{ORG}', 'customer', 's1', 'crm', 'timeout', attempt => 1)"),
