@@ -135,12 +135,8 @@ fn enqueue(
     let run_at = run_at.map(|t| crate::errors::check_finite(F, "run_at", t));
     let (id, duplicate) = Spi::connect_mut(|client| {
         if let Some(k) = ordering_key {
-            // Enqueues of one key take turns, so ids follow commit order.
-            let org = uuid_text(org_id.as_bytes());
-            advisory_lock(
-                lock_key_of([&b"delivery-order"[..], &org[..], k.as_bytes()]),
-                false,
-            );
+            // Enqueues of one key take turns, so places follow commit order.
+            lock_ordering_key(org_id, k);
         }
         let t = run(
             client,
@@ -645,6 +641,18 @@ static REQUEUE: Stmt = Stmt {
     writes: true,
 };
 
+/// Take the lock of ordering key `key` of `org_id` to the end of the
+/// transaction: whoever takes a place in a key's line (`enqueue`, a
+/// requeued dead letter) holds it until commit, so places follow commit
+/// order.
+fn lock_ordering_key(org_id: Uuid, key: &str) {
+    let org = uuid_text(org_id.as_bytes());
+    advisory_lock(
+        lock_key_of([&b"delivery-order"[..], &org[..], key.as_bytes()]),
+        false,
+    );
+}
+
 static KEY_OF: Stmt = Stmt {
     sql: "SELECT org_id, ordering_key FROM integrity.deliveries WHERE id = $1",
     args: &[pg_sys::INT8OID],
@@ -666,11 +674,7 @@ fn requeue_one(client: &mut pgrx::spi::SpiClient<'_>, id: i64) -> (Option<String
             .zip(row.get::<String>(2).ok().flatten())
     };
     if let Some((org_id, k)) = key {
-        let org = uuid_text(org_id.as_bytes());
-        advisory_lock(
-            lock_key_of([&b"delivery-order"[..], &org[..], k.as_bytes()]),
-            false,
-        );
+        lock_ordering_key(org_id, &k);
     }
     let t = run(client, &REQUEUE, None, &[id.into()]);
     let row = t.first();

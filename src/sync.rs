@@ -161,14 +161,14 @@ fn action(a: &str, external_id: Option<&str>, attempt: Option<i32>) -> Jsonb {
     b.end().finish()
 }
 
-/// Run the statement `stmt` that writes the link, started lease number
-/// `attempt`; a unique violation with a row this transaction's snapshot
-/// cannot see (REPEATABLE READ or SERIALIZABLE: a concurrent transaction
-/// committed it after the snapshot was taken, and the lock we waited for
-/// does not refresh the snapshot) is a serialization failure, `40001`, as
-/// Postgres reports one for SERIALIZABLE. Under READ COMMITTED our locks
-/// and a fresh snapshot per statement leave none, but for a writer that
-/// bypasses them: its `23505` stands.
+/// Run `stmt`, which writes the link; a unique violation with a row this
+/// transaction's snapshot cannot see (REPEATABLE READ or SERIALIZABLE: a
+/// concurrent transaction committed it after the snapshot was taken, and
+/// the lock we waited for does not refresh the snapshot) is a
+/// serialization failure, `40001`, as Postgres reports one for
+/// SERIALIZABLE. Under READ COMMITTED our locks and a fresh snapshot per
+/// statement leave none, but for a writer that bypasses them: its `23505`
+/// stands.
 fn write_link<'conn>(
     f: &'static str,
     client: &mut pgrx::spi::SpiClient<'conn>,
@@ -191,13 +191,20 @@ fn write_link<'conn>(
         .execute()
 }
 
-/// Whether a caller that names `attempt` (from `sync_start`'s answer)
-/// lost its lease: a later `sync_start` took the link over.
-fn lease_lost(attempt: Option<i32>, current: i32) -> bool {
-    attempt.is_some_and(|a| a != current)
-}
-
-fn refused_lease_lost(attempt: i32, external_id: Option<&str>) -> Jsonb {
+/// Lock the link for settling by a caller that names `attempt` (from
+/// `sync_start`'s answer; `55000` if the link was never started): the
+/// `lease_lost` refusal to answer it, when a later `sync_start` took the
+/// link over, or `None` to go on.
+fn lost_lease(
+    f: &'static str,
+    client: &mut pgrx::spi::SpiClient<'_>,
+    l: &Link<'_>,
+    attempt: Option<i32>,
+) -> Option<Jsonb> {
+    let Some((_, external_id, .., current)) = seen(client, l) else {
+        not_started(f, l)
+    };
+    attempt.filter(|&a| a != current)?;
     let mut b = Builder::new();
     b.begin_object()
         .key("ok")
@@ -205,11 +212,11 @@ fn refused_lease_lost(attempt: i32, external_id: Option<&str>) -> Jsonb {
         .key("reason")
         .string("lease_lost")
         .key("attempt")
-        .int(attempt as i64);
-    if let Some(e) = external_id {
+        .int(current as i64);
+    if let Some(e) = external_id.as_deref() {
         b.key("external_id").string(e);
     }
-    b.end().finish()
+    Some(b.end().finish())
 }
 
 /// Before syncing an entity to an integration: `{"action": "create" |
@@ -359,15 +366,15 @@ fn not_started(f: &'static str, l: &Link<'_>) -> ! {
 
 /// `attempt`, when given, is `sync_start`'s: at least 1.
 fn attempt_arg(f: &'static str, attempt: Option<i32>) -> Option<i32> {
-    if let Some(a) = attempt.filter(|&a| a < 1) {
-        raise(
-            Kind::InvalidParameter,
+    attempt.map(|a| {
+        crate::errors::count_arg(
             f,
-            format!("attempt must be at least 1, got {a}"),
+            "attempt",
+            Some(a),
+            1..=i32::MAX,
             "Pass the attempt of sync_start's answer, or leave it out.",
-        );
-    }
-    attempt
+        )
+    })
 }
 
 /// The sync went through: link the entity to `external_id`. `{"ok":true}`;
@@ -401,11 +408,8 @@ fn sync_succeeded(
         false,
     );
     Spi::connect_mut(|client| {
-        let Some(row) = seen(client, &l) else {
-            not_started(F, &l)
-        };
-        if lease_lost(attempt, row.8) {
-            return refused_lease_lost(row.8, row.1.as_deref());
+        if let Some(refusal) = lost_lease(F, client, &l, attempt) {
+            return refusal;
         }
         let holder = {
             let t = read(
@@ -481,11 +485,8 @@ fn sync_failed(
     let retryable = retryable.unwrap_or(true);
     let attempt = attempt_arg(F, attempt);
     Spi::connect_mut(|client| {
-        let Some(row) = seen(client, &l) else {
-            not_started(F, &l)
-        };
-        if lease_lost(attempt, row.8) {
-            return refused_lease_lost(row.8, row.1.as_deref());
+        if let Some(refusal) = lost_lease(F, client, &l, attempt) {
+            return refusal;
         }
         let mut args: Vec<_> = l.args().into_iter().collect();
         args.push(retryable.into());
